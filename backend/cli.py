@@ -1,0 +1,127 @@
+"""Command line: `python -m backend run|serve|demo`."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from backend.errors import Cancelled, ReconstructError
+from backend.options import CAMERA_MODELS, QUALITY_PRESETS, SFM_STAGES, JobOptions
+
+
+class TerminalEvents:
+    """A progress bar per stage on stderr (a line per step when not a tty)."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self._stage = None
+        self._started = 0.0
+        self._last_line = 0.0
+
+    def progress(self, stage: str, fraction: float, message: str) -> None:
+        now = time.perf_counter()
+        if stage != self._stage:
+            self._stage, self._started = stage, now
+        bar = "#" * int(fraction * 30)
+        line = f"{stage:<10} [{bar:<30}] {fraction * 100:5.1f}% {now - self._started:6.1f}s  {message}"
+        done = fraction >= 1.0
+        if self.tty:
+            self.stream.write("\r\033[K" + line + ("\n" if done else ""))
+        elif done or message == "starting" or now - self._last_line > 2.0:
+            self.stream.write(line + "\n")
+            self._last_line = now
+        self.stream.flush()
+
+    def warning(self, code: str, message: str, details: dict) -> None:
+        self.stream.write(("\n" if self.tty else "") + f"warning: {message}\n")
+
+    def log(self, message: str) -> None:
+        self.stream.write(message + "\n")
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quality", choices=list(QUALITY_PRESETS), default="balanced",
+                   help="preset for image size and feature count (default: balanced)")
+    p.add_argument("--max-image-size", type=int, help="longest side (px) used for features")
+    p.add_argument("--max-features", type=int, dest="max_num_features", help="SIFT features per photo")
+    p.add_argument("--camera-model", choices=CAMERA_MODELS, help="COLMAP camera model (default SIMPLE_RADIAL)")
+    p.add_argument("--single-camera", action="store_true", default=None, help="all photos share one camera")
+    p.add_argument("--matcher", choices=["auto", "exhaustive", "sequential", "spatial"])
+    p.add_argument("--mapper", choices=["incremental", "global"])
+    p.add_argument("--undistort-max-size", type=int, help="longest side of undistorted images (0 = full)")
+    p.add_argument("--device", choices=["auto", "gpu", "cpu"])
+    p.add_argument("--threads", type=int, dest="num_threads")
+    p.add_argument("--force", choices=SFM_STAGES, help="rerun from this stage even if cached")
+    p.add_argument("--stages", nargs="+", choices=SFM_STAGES, default=list(SFM_STAGES),
+                   help="run up to (and including) these stages")
+
+
+def options_from_args(args: argparse.Namespace) -> JobOptions:
+    sfm = {k: getattr(args, k) for k in ("max_image_size", "max_num_features", "camera_model", "single_camera",
+                                         "matcher", "mapper", "undistort_max_size", "device", "num_threads")
+           if getattr(args, k) is not None}
+    return JobOptions.from_dict({"quality": args.quality, "sfm": sfm, "force": args.force})
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from backend.pipeline import run_job
+
+    events = TerminalEvents()
+    result = run_job(args.photos, args.workspace, options_from_args(args), events, stages=tuple(args.stages))
+    s = result.summary
+    if s["registered_images"]:
+        print(f"registered {s['registered_images']}/{s['total_images']} photos, {s['num_points']} points, "
+              f"mean reprojection error {s['mean_reprojection_error']:.3f} px, "
+              f"mean track length {s['mean_track_length']:.2f}")
+    if s["unregistered"]:
+        print(f"not registered: {', '.join(s['unregistered'])}")
+    print(f"ran: {', '.join(result.ran) or 'nothing (all stages up to date)'}")
+    print(f"summary: {result.artifacts['summary']}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from backend.server import serve
+
+    return serve(max_frame_bytes=args.max_frame_bytes)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from backend.demo import run_demo
+
+    return run_demo(args.out, quality=args.quality)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from blender_addon.protocol import DEFAULT_MAX_FRAME_BYTES, __version__
+
+    parser = argparse.ArgumentParser(prog="python -m backend", description="Photos to 3D: the compute backend.")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="reconstruct a folder of photos into a workspace")
+    run.add_argument("photos", help="folder of photos (read only, never modified)")
+    run.add_argument("--workspace", required=True, help="folder for the results (created if needed)")
+    _add_run_options(run)
+    run.set_defaults(func=cmd_run)
+    serve = sub.add_parser("serve", help="serve the Blender add-on over stdin/stdout")
+    serve.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES)
+    serve.set_defaults(func=cmd_serve)
+    demo = sub.add_parser("demo", help="render the synthetic scene, reconstruct it, report against ground truth")
+    demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    demo.add_argument("--quality", choices=list(QUALITY_PRESETS), default="balanced")
+    demo.set_defaults(func=cmd_demo)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ReconstructError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        if exc.details and "log_tail" in exc.details:
+            print(exc.details["log_tail"], file=sys.stderr)
+        return 2
+    except (Cancelled, KeyboardInterrupt):
+        print("\ncancelled: finished stages are kept; run the same command again to resume.", file=sys.stderr)
+        return 130

@@ -1,0 +1,43 @@
+"""What this backend runs on, for the handshake and summary.json."""
+from __future__ import annotations
+
+from importlib import metadata
+
+from blender_addon.protocol import __version__
+
+_PACKAGES = ("pycolmap", "numpy", "torch", "gsplat", "trimesh", "msgpack", "pillow")
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {"backend": __version__}
+    for name in _PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def describe_device() -> dict:
+    """The compute device: a CUDA GPU when torch sees one, else the CPU.
+    Imports torch (about a second), so callers do it once."""
+    info = {"type": "cpu", "name": "CPU", "sift_gpu": False}
+    try:
+        import pycolmap
+
+        info["sift_gpu"] = bool(pycolmap.has_cuda)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info.update(type="cuda", name=torch.cuda.get_device_name(0))
+    except ImportError:
+        pass
+    if info["type"] == "cpu":
+        import os
+        import platform
+
+        info["name"] = f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"
+    return info

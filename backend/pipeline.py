@@ -1,0 +1,256 @@
+"""The job runner: photos -> features -> matching -> mapping -> undistort,
+with each stage cached by the hash of its inputs.
+
+A stage's hash chains its upstream stage's hash with the options it reads
+(options.STAGE_OPTION_FIELDS), so changing an option reruns exactly the
+stages it affects. The heavy work runs in a killable worker process
+(worker.py); this module only decides, records, and reports.
+"""
+from __future__ import annotations
+
+import shutil
+import sqlite3
+import threading
+import time
+from contextlib import closing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from blender_addon.protocol import __version__
+from backend.device import package_versions
+from backend.errors import Cancelled, ErrorCode, ReconstructError
+from backend.options import SFM_STAGES, STAGE_OPTION_FIELDS, JobOptions, SfmOptions
+from backend.photos import PhotoSet, looks_like_video_frames, scan_photos
+from backend.worker_client import Worker
+from backend.workspace import Workspace, remove, stable_hash, write_json_atomic
+
+EXHAUSTIVE_MAX_IMAGES = 60
+
+
+class Events(Protocol):
+    """Where a job reports to: a terminal, or the protocol's event stream."""
+
+    def progress(self, stage: str, fraction: float, message: str) -> None: ...
+    def warning(self, code: str, message: str, details: dict) -> None: ...
+    def log(self, message: str) -> None: ...
+
+
+@dataclass
+class JobResult:
+    workspace: Path
+    summary: dict
+    artifacts: dict[str, str]
+    ran: list[str] = field(default_factory=list)
+    """Stages that did work this run (the others were reused from the cache)."""
+
+
+def choose_matcher(photos: PhotoSet, requested: str) -> tuple[str, str]:
+    """Which photo pairs to match, and why (the reason goes into the log)."""
+    n = len(photos.photos)
+    if requested != "auto":
+        return requested, "requested"
+    if n <= EXHAUSTIVE_MAX_IMAGES:
+        return "exhaustive", f"{n} photos: every pair is matched"
+    if looks_like_video_frames(photos.names):
+        return "sequential", "file names look like video frames: neighbouring frames are matched"
+    if sum(p.has_gps for p in photos.photos) >= 0.8 * n:
+        return "spatial", "photos are geotagged: nearby photos are matched"
+    return "exhaustive", (f"{n} unordered photos without GPS: every pair is matched, "
+                          "which is slow for very large sets")
+
+
+def run_job(photos_dir: str | Path, workspace_dir: str | Path, options: JobOptions, events: Events,
+            cancel: threading.Event | None = None, stages: tuple[str, ...] = SFM_STAGES) -> JobResult:
+    """Run (or reuse) every stage up to the last one named in `stages`."""
+    cancel = cancel or threading.Event()
+    ws = Workspace(workspace_dir)
+    photos_path = Path(photos_dir).expanduser().resolve()
+    if ws.root == photos_path:
+        raise ReconstructError(ErrorCode.WORKSPACE_UNWRITABLE,
+                               "The workspace must not be the photo folder itself.",
+                               "Choose a separate folder for the results, e.g. a 'reconstruction' folder beside the photos.")
+    ws.open()
+    worker = Worker(ws.log_file)
+    try:
+        return _run(photos_path, ws, options, events, cancel, stages, worker)
+    finally:
+        worker.close()
+        ws.close()
+
+
+def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, cancel: threading.Event,
+         stages: tuple[str, ...], worker: Worker) -> JobResult:
+    job = ws.load_job()
+    photos = scan_photos(photos_path, cache=job.get("photo_cache") if job.get("photos") == str(photos_path) else None)
+    for skipped in photos.skipped:
+        events.warning("skipped_file", f"Skipped {skipped.name}: {skipped.reason}.", asdict(skipped))
+    job.update(photos=str(photos_path), options=options.to_dict(), backend_version=__version__,
+               photo_cache={p.name: asdict(p) for p in photos.photos},
+               skipped=[asdict(s) for s in photos.skipped])
+    ws.save_job(job)
+    sfm = options.sfm
+    matcher, matcher_reason = choose_matcher(photos, sfm.matcher)
+    events.log(f"matching: {matcher} ({matcher_reason})")
+    last = max(SFM_STAGES.index(s) for s in stages)
+    forced_from = SFM_STAGES.index(options.force) if options.force else None
+    upstream = stable_hash(photos.fingerprint())
+    ran: list[str] = []
+    for index, stage in enumerate(SFM_STAGES[:last + 1]):
+        extra = {"matcher": matcher} if stage == "matching" else {}
+        digest = stable_hash(upstream, {k: getattr(sfm, k) for k in STAGE_OPTION_FIELDS[stage]}, extra)
+        upstream = digest
+        record = job["stages"].get(stage, {})
+        output = ws.stage_output(stage)
+        fresh = (record.get("state") == "done" and record.get("hash") == digest and output.exists()
+                 and (forced_from is None or index < forced_from))
+        if fresh:
+            events.progress(stage, 1.0, "up to date")
+            continue
+        if cancel.is_set():
+            raise Cancelled()
+        job["stages"][stage] = {"state": "running", "hash": digest}
+        ws.save_job(job)
+        events.progress(stage, 0.0, "starting")
+        started = time.perf_counter()
+        try:
+            result = _STAGES[stage](ws, photos, sfm, matcher, worker, events, cancel, job)
+        except Cancelled:
+            job["stages"][stage]["state"] = "cancelled"
+            ws.save_job(job)
+            raise
+        except ReconstructError as exc:
+            job["stages"][stage].update(state="failed", error=exc.as_fields())
+            ws.save_job(job)
+            raise
+        job["stages"][stage] = {"state": "done", "hash": digest, "seconds": round(time.perf_counter() - started, 3),
+                                "result": result, "finished": time.time()}
+        ws.save_job(job)
+        ran.append(stage)
+        events.progress(stage, 1.0, "done")
+    summary = write_summary(ws, job, photos, matcher)
+    artifacts = {name: str(ws.stage_output(name)) for name in SFM_STAGES[:last + 1]}
+    artifacts["summary"] = str(ws.summary_file)
+    return JobResult(ws.root, summary, artifacts, ran)
+
+
+def _poll_rows(database: Path, table: str, total: int, stage: str, what: str, events: Events):
+    """Progress for pycolmap calls that have no callback: count the rows the
+    worker has written so far (read-only, never blocking the writer)."""
+    def poll() -> None:
+        try:
+            # closing(): sqlite3's own context manager leaves the connection
+            # open, and an open reader blocks the worker's final checkpoint.
+            with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=0.05)) as db:
+                done = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        except sqlite3.Error:
+            return
+        events.progress(stage, min(0.99, done / max(1, total)), f"{done} of {total} {what}")
+    return poll
+
+
+def _features(ws, photos, sfm, matcher, worker, events, cancel, job):
+    tmp = ws.temp_for(ws.features_db)
+    result = worker.call("features", {"database": str(tmp), "image_dir": str(photos.folder),
+                                      "names": photos.names, "opts": asdict(sfm)},
+                         progress=lambda f, m: events.progress("features", f, m), cancel=cancel,
+                         poll=_poll_rows(tmp, "keypoints", len(photos.photos), "features", "photos", events))
+    for name in result["failed"]:
+        events.warning("feature_extraction_failed", f"No features could be extracted from {name}; it is left out.",
+                       {"name": name})
+    few = sorted(name for name, n in result["keypoints"].items() if n < 100)
+    if few:
+        events.warning("few_features", f"Very few features in {', '.join(few)}: blurry, dark or textureless photos "
+                       "rarely register.", {"names": few})
+    if result["num_images"] < 2:
+        raise ReconstructError(ErrorCode.COULD_NOT_RECONSTRUCT, "Features were found in fewer than 2 photos.",
+                               "Use sharp, well-exposed photos with visible texture.", result)
+    ws.commit(tmp, ws.features_db)
+    return result
+
+
+def _matching(ws, photos, sfm, matcher, worker, events, cancel, job):
+    tmp = ws.temp_for(ws.database)
+    shutil.copyfile(ws.features_db, tmp)
+    n = job["stages"]["features"]["result"]["num_images"]
+    pairs = n * (n - 1) // 2 if matcher == "exhaustive" else n * 15
+    result = worker.call("matching", {"database": str(tmp), "matcher": matcher, "opts": asdict(sfm)},
+                         progress=lambda f, m: events.progress("matching", f, m), cancel=cancel,
+                         poll=_poll_rows(tmp, "two_view_geometries", pairs, "matching", "photo pairs", events))
+    if result["verified_pairs"] == 0:
+        remove(tmp)
+        raise ReconstructError(
+            ErrorCode.COULD_NOT_RECONSTRUCT,
+            f"Could not reconstruct: no two photos share enough matching features "
+            f"(tried matching: {matcher} on {n} photos; {result['matched_pairs']} pairs had some matches, "
+            f"none passed geometric verification).",
+            "The photos must show the same subject from overlapping viewpoints (about 60% overlap between "
+            "neighbours). Add photos between the existing ones, or try --matcher exhaustive.", result)
+    ws.commit(tmp, ws.database)
+    return result
+
+
+def _mapping(ws, photos, sfm, matcher, worker, events, cancel, job):
+    tmp = ws.temp_for(ws.model)
+    n = job["stages"]["features"]["result"]["num_images"]
+    result = worker.call("mapping", {"database": str(ws.database), "image_dir": str(photos.folder),
+                                     "out_dir": str(tmp), "opts": asdict(sfm), "num_images": n},
+                         progress=lambda f, m: events.progress("mapping", f, m), cancel=cancel)
+    if not result["num_models"]:
+        remove(tmp)
+        verified = job["stages"]["matching"]["result"]["verified_pairs"]
+        raise ReconstructError(
+            ErrorCode.COULD_NOT_RECONSTRUCT,
+            f"Could not reconstruct: no consistent 3D model could be built "
+            f"(tried matching: {matcher} on {n} photos, {verified} verified photo pairs; mapper: {sfm.mapper}).",
+            "The photos must show the same subject from overlapping viewpoints (about 60% overlap between "
+            "neighbours) and the subject must not move or reflect much. Add photos, "
+            f"or try --mapper {'incremental' if sfm.mapper == 'global' else 'global'}.",
+            {"verified_pairs": verified, "matcher": matcher, "mapper": sfm.mapper})
+    ws.commit(tmp, ws.model)
+    unregistered = sorted(set(photos.names) - set(result["registered"]))
+    if unregistered:
+        events.warning("unregistered", f"{len(unregistered)} of {len(photos.names)} photos could not be placed: "
+                       f"{', '.join(unregistered)}.", {"names": unregistered})
+    return result
+
+
+def _undistort(ws, photos, sfm, matcher, worker, events, cancel, job):
+    tmp = ws.temp_for(ws.undistorted)
+    result = worker.call("undistort", {"model_dir": str(ws.model), "image_dir": str(photos.folder),
+                                       "out_dir": str(tmp), "opts": asdict(sfm)},
+                         progress=lambda f, m: events.progress("undistort", f, m), cancel=cancel)
+    ws.commit(tmp, ws.undistorted)
+    return result
+
+
+_STAGES = {"features": _features, "matching": _matching, "mapping": _mapping, "undistort": _undistort}
+
+
+def write_summary(ws: Workspace, job: dict, photos: PhotoSet, matcher: str) -> dict:
+    stages = job["stages"]
+    mapping = stages.get("mapping", {}).get("result", {})
+    features = stages.get("features", {}).get("result", {})
+    registered = mapping.get("registered", [])
+    summary = {
+        "photos": str(photos.folder),
+        "workspace": str(ws.root),
+        "total_images": len(photos.names),
+        "registered_images": len(registered),
+        "unregistered": sorted(set(photos.names) - set(registered)) if mapping else [],
+        "skipped_files": [asdict(s) for s in photos.skipped],
+        "mean_reprojection_error": mapping.get("mean_reprojection_error"),
+        "mean_track_length": mapping.get("mean_track_length"),
+        "num_points": mapping.get("num_points"),
+        "num_models": mapping.get("num_models"),
+        "cameras": mapping.get("cameras", []),
+        "focal_from_exif": features.get("exif_focal", []),
+        "matcher": matcher,
+        "mapper": job["options"]["sfm"]["mapper"],
+        "stage_seconds": {name: rec.get("seconds") for name, rec in stages.items() if rec.get("state") == "done"},
+        "device": {"feature_extraction": features.get("device", "cpu")},
+        "versions": package_versions(),
+        "options": job["options"],
+    }
+    write_json_atomic(ws.summary_file, summary)
+    return summary

@@ -1,0 +1,65 @@
+"""Shared fixtures. Third-party photo sets are read from ../shared/data (never
+copied into the repo); tests that need one skip with a clear reason when it
+is absent."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(os.environ.get("RECONSTRUCT_DATA", REPO.parent / "shared" / "data"))
+CACHE = REPO / ".cache" / "tests"
+
+
+def dataset(name: str) -> Path:
+    path = DATA / name
+    if not (path / "images").is_dir():
+        pytest.skip(f"photo set {name} not found at {path} (set RECONSTRUCT_DATA to the shared data folder)")
+    return path
+
+
+def run_backend(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
+    """Run `python -m backend ...` as a user would, from the repo root."""
+    proc = subprocess.run([sys.executable, "-m", "backend", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"backend failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="session")
+def temple() -> Path:
+    return dataset("middlebury_temple_sparse_ring")
+
+
+@pytest.fixture(scope="session")
+def temple_run(temple, tmp_path_factory) -> Path:
+    """One full run on the temple set (640x480, incremental, defaults),
+    shared by tests that only read its workspace."""
+    ws = tmp_path_factory.mktemp("temple") / "ws"
+    run_backend("run", temple / "images", "--workspace", ws, check=True)
+    return ws
+
+
+def copy_photos(src: Path, dst: Path, names: list[str] | None = None) -> Path:
+    dst.mkdir(parents=True, exist_ok=True)
+    for p in sorted(src.iterdir()):
+        if names is None or p.name in names:
+            shutil.copy2(p, dst / p.name)
+    return dst
