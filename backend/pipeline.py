@@ -1,9 +1,10 @@
 """The job runner: photos -> features -> matching -> mapping -> undistort,
 with each stage cached by the hash of its inputs.
 
-A stage's hash chains its upstream stage's hash with the options it reads
-(options.STAGE_OPTION_FIELDS), so changing an option reruns exactly the
-stages it affects. The heavy work runs in a killable worker process
+A stage's hash chains the identity of its upstream stage's last run with
+the options it reads (options.STAGE_OPTION_FIELDS), so changing an option
+reruns exactly the stages it affects, and a stage that reruns takes every
+later stage with it. The heavy work runs in a killable worker process
 (worker.py); this module only decides, records, and reports.
 """
 from __future__ import annotations
@@ -45,6 +46,25 @@ class JobResult:
     """Stages that did work this run (the others were reused from the cache)."""
 
 
+class _MonotonicProgress:
+    """Progress never goes backwards within a stage, whatever the source
+    (mapping restarts its count when it starts a second model)."""
+
+    def __init__(self, events: Events):
+        self._events, self._best = events, {}
+
+    def progress(self, stage: str, fraction: float, message: str) -> None:
+        fraction = max(fraction, self._best.get(stage, 0.0))
+        self._best[stage] = fraction
+        self._events.progress(stage, fraction, message)
+
+    def warning(self, code: str, message: str, details: dict) -> None:
+        self._events.warning(code, message, details)
+
+    def log(self, message: str) -> None:
+        self._events.log(message)
+
+
 def choose_matcher(photos: PhotoSet, requested: str) -> tuple[str, str]:
     """Which photo pairs to match, and why (the reason goes into the log)."""
     n = len(photos.photos)
@@ -73,7 +93,7 @@ def run_job(photos_dir: str | Path, workspace_dir: str | Path, options: JobOptio
     ws.open()
     worker = Worker(ws.log_file)
     try:
-        return _run(photos_path, ws, options, events, cancel, stages, worker)
+        return _run(photos_path, ws, options, _MonotonicProgress(events), cancel, stages, worker)
     finally:
         worker.close()
         ws.close()
@@ -99,13 +119,13 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
     for index, stage in enumerate(SFM_STAGES[:last + 1]):
         extra = {"matcher": matcher} if stage == "matching" else {}
         digest = stable_hash(upstream, {k: getattr(sfm, k) for k in STAGE_OPTION_FIELDS[stage]}, extra)
-        upstream = digest
         record = job["stages"].get(stage, {})
         output = ws.stage_output(stage)
         fresh = (record.get("state") == "done" and record.get("hash") == digest and output.exists()
                  and (forced_from is None or index < forced_from))
         if fresh:
             events.progress(stage, 1.0, "up to date")
+            upstream = stable_hash(digest, record["finished"])
             continue
         if cancel.is_set():
             raise Cancelled()
@@ -126,6 +146,9 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
         job["stages"][stage] = {"state": "done", "hash": digest, "seconds": round(time.perf_counter() - started, 3),
                                 "result": result, "finished": time.time()}
         ws.save_job(job)
+        # Downstream stages depend on this run of the stage, not only on its
+        # options: a rerun (forced, or after a cancel) may move the cameras.
+        upstream = stable_hash(digest, job["stages"][stage]["finished"])
         ran.append(stage)
         events.progress(stage, 1.0, "done")
     summary = write_summary(ws, job, photos, matcher)

@@ -63,3 +63,18 @@ def copy_photos(src: Path, dst: Path, names: list[str] | None = None) -> Path:
         if names is None or p.name in names:
             shutil.copy2(p, dst / p.name)
     return dst
+
+
+@pytest.fixture(scope="session")
+def fountain() -> Path:
+    return dataset("strecha_fountain_p11")
+
+
+@pytest.fixture(scope="session")
+def fountain_run(fountain, tmp_path_factory) -> Path:
+    """fountain-P11 with SIFT at 1000 px (photos are 3072x2048) and undistorted
+    images at 1000 px: the size the tests use for speed."""
+    ws = tmp_path_factory.mktemp("fountain") / "ws"
+    run_backend("run", fountain / "images", "--workspace", ws, "--max-image-size", "1000",
+                "--undistort-max-size", "1000", check=True)
+    return ws

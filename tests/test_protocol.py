@@ -1,0 +1,219 @@
+"""The add-on's view of the backend: a real `python -m backend serve`
+subprocess driven over length-prefixed msgpack frames."""
+from __future__ import annotations
+
+import io
+import queue
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from blender_addon import protocol
+from conftest import REPO, read_json
+from test_resume import _gone
+
+
+class Backend:
+    def __init__(self, tmp_path: Path, *args: str):
+        self.stderr = open(tmp_path / "serve.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "backend", "serve", *args], cwd=REPO,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
+        self.events: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while (msg := protocol.read_frame(self.proc.stdout)) is not None:
+            self.events.put(msg)
+
+    def send_raw(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def send(self, type_: str, **fields) -> None:
+        self.send_raw(protocol.pack(protocol.message(type_, **fields)))
+
+    def next(self, timeout: float = 120) -> dict:
+        return self.events.get(timeout=timeout)
+
+    def until(self, *types: str, timeout: float = 300) -> tuple[dict, list[dict]]:
+        """Events up to the first one of `types`; returns it and those before."""
+        seen, deadline = [], time.monotonic() + timeout
+        while True:
+            msg = self.next(max(0.1, deadline - time.monotonic()))
+            if msg["type"] in types:
+                return msg, seen
+            seen.append(msg)
+
+    def handshake(self) -> dict:
+        self.send(protocol.HANDSHAKE, protocol=protocol.PROTOCOL_VERSION, client="tests")
+        return self.until(protocol.HANDSHAKE, protocol.ERROR)[0]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.send(protocol.SHUTDOWN)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        self.stderr.close()
+
+
+@pytest.fixture
+def backend(tmp_path):
+    b = Backend(tmp_path, "--max-frame-bytes", str(1 << 20))
+    yield b
+    b.close()
+
+
+def test_handshake_reports_versions_and_device(backend):
+    reply = backend.handshake()
+    assert reply["type"] == protocol.HANDSHAKE
+    assert reply["protocol"] == protocol.PROTOCOL_VERSION
+    assert reply["backend_version"] == protocol.__version__
+    assert reply["device"]["type"] in ("cpu", "cuda") and reply["device"]["name"]
+    assert reply["packages"]["pycolmap"] and reply["packages"]["numpy"]
+
+
+def test_wrong_protocol_version_says_what_to_do(backend):
+    backend.send(protocol.HANDSHAKE, protocol=999)
+    reply = backend.next()
+    assert reply["type"] == protocol.ERROR and reply["code"] == protocol.ErrorCode.PROTOCOL_MISMATCH
+    assert "protocol 999" in reply["message"] and "Set up backend" in reply["hint"]
+    assert backend.handshake()["type"] == protocol.HANDSHAKE  # still serving
+
+
+def test_full_job_streams_progress_in_stage_order(backend, temple, tmp_path):
+    assert backend.handshake()["type"] == protocol.HANDSHAKE
+    backend.send(protocol.RUN, job="j1", photos=str(temple / "images"), workspace=str(tmp_path / "ws"),
+                 options={"quality": "fast"})
+    result, events = backend.until(protocol.RESULT, protocol.ERROR)
+    assert result["type"] == protocol.RESULT, result
+    assert result["job"] == "j1"
+    progress = [e for e in events if e["type"] == protocol.PROGRESS]
+    order = list(dict.fromkeys(e["stage"] for e in progress))
+    assert order == ["features", "matching", "mapping", "undistort"]
+    for stage in order:
+        fractions = [e["fraction"] for e in progress if e["stage"] == stage]
+        assert fractions[0] == 0.0 and fractions[-1] == 1.0
+        assert fractions == sorted(fractions), f"{stage} progress went backwards: {fractions}"
+    # a stage's events never interleave with the next stage's
+    assert [e["stage"] for e in progress] == sorted((e["stage"] for e in progress), key=order.index)
+    assert any(e["type"] == protocol.WARNING and e["code"] == "unregistered" for e in events) \
+        or result["summary"]["registered_images"] == 16
+    assert result["summary"]["registered_images"] >= 13
+    assert Path(result["artifacts"]["mapping"], "images.bin").exists()
+    assert read_json(Path(result["artifacts"]["summary"]))["total_images"] == 16
+
+
+def test_cancel_during_mapping_returns_within_5s_and_resumes(backend, fountain_run, fountain, tmp_path):
+    ws = tmp_path / "ws"
+    shutil.copytree(fountain_run, ws)
+    backend.handshake()
+    options = {"sfm": {"max_image_size": 1000, "undistort_max_size": 1000}}
+    backend.send(protocol.RUN, job="m", photos=str(fountain / "images"), workspace=str(ws),
+                 options={**options, "force": "mapping"})
+    first, _ = backend.until(protocol.PROGRESS)
+    while not (first["stage"] == "mapping" and first["fraction"] > 0):
+        first = backend.next()
+        assert first["type"] == protocol.PROGRESS, first
+    asked = time.monotonic()
+    backend.send(protocol.CANCEL, job="m")
+    reply, _ = backend.until(protocol.CANCELLED, protocol.RESULT, protocol.ERROR, timeout=30)
+    elapsed = time.monotonic() - asked
+    assert reply["type"] == protocol.CANCELLED, reply
+    assert elapsed < 5.0, f"cancel took {elapsed:.1f}s"
+    job = read_json(ws / "job.json")
+    assert job["stages"]["mapping"]["state"] == "cancelled"
+    assert job["stages"]["matching"]["state"] == "done"
+    # the next run resumes: only mapping and what follows it run again
+    backend.send(protocol.RUN, job="m2", photos=str(fountain / "images"), workspace=str(ws), options=options)
+    result, _ = backend.until(protocol.RESULT, protocol.ERROR)
+    assert result["type"] == protocol.RESULT, result
+    assert result["ran"] == ["mapping", "undistort"]
+    assert result["summary"]["registered_images"] == 11
+
+
+def test_malformed_frame_is_reported_and_server_keeps_running(backend):
+    body = b"\xc1\xc1 not msgpack"
+    backend.send_raw(struct.pack(">I", len(body)) + body)
+    reply = backend.next()
+    assert reply["type"] == protocol.ERROR and reply["code"] == protocol.ErrorCode.MALFORMED_FRAME
+    backend.send_raw(struct.pack(">I", 3) + msgpack.packb([1, 2]))
+    reply = backend.next()
+    assert reply["code"] == protocol.ErrorCode.MALFORMED_FRAME  # valid msgpack, but not a request
+    assert backend.handshake()["type"] == protocol.HANDSHAKE
+
+
+def test_oversized_frame_is_refused_and_server_keeps_running(backend):
+    size = 3 << 20  # the server was started with a 1 MiB limit
+    backend.send_raw(struct.pack(">I", size) + b"\0" * size)
+    reply = backend.next()
+    assert reply["type"] == protocol.ERROR and reply["code"] == protocol.ErrorCode.FRAME_TOO_LARGE
+    assert str(size) in reply["message"]
+    assert backend.handshake()["type"] == protocol.HANDSHAKE
+
+
+def test_oversized_frame_is_never_allocated():
+    """The reader discards an oversized body in small reads: it never asks
+    for (or holds) the claimed size."""
+    class Stream(io.RawIOBase):
+        def __init__(self, claimed: int):
+            self.header, self.left, self.largest = struct.pack(">I", claimed), claimed, 0
+
+        def read(self, n=-1):
+            if self.header:
+                out, self.header = self.header[:n], self.header[n:]
+                return out
+            self.largest = max(self.largest, n)
+            n = min(n, self.left)
+            self.left -= n
+            return b"\0" * n
+
+    stream = Stream((1 << 32) - 1)  # a 4 GiB claim
+    with pytest.raises(protocol.FrameError) as err:
+        protocol.read_frame(stream, max_bytes=1 << 20)
+    assert err.value.code == protocol.ErrorCode.FRAME_TOO_LARGE
+    assert stream.largest <= 64 * 1024
+
+
+def test_bad_requests_get_errors_not_crashes(backend, tmp_path):
+    backend.send("bogus")
+    assert backend.next()["code"] == protocol.ErrorCode.BAD_REQUEST
+    backend.send(protocol.RUN, job="x", photos=str(tmp_path / "missing"), workspace=str(tmp_path / "ws"))
+    reply, _ = backend.until(protocol.ERROR)
+    assert reply["job"] == "x" and reply["code"] == protocol.ErrorCode.PHOTOS_NOT_FOUND
+    assert "does not exist" in reply["message"] and reply["hint"]
+    backend.send(protocol.RUN, job="y", photos=str(tmp_path), workspace=str(tmp_path / "ws"),
+                 options={"quality": "ultra"})
+    reply, _ = backend.until(protocol.ERROR)
+    assert reply["code"] == protocol.ErrorCode.BAD_OPTIONS and "fast, balanced, high" in reply["hint"]
+    assert backend.handshake()["type"] == protocol.HANDSHAKE
+
+
+def test_server_exits_when_its_parent_dies(tmp_path):
+    # A stand-in for Blender: starts the backend, reports its pid, then is killed.
+    parent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import subprocess, sys, time\n"
+         "p = subprocess.Popen([sys.executable, '-m', 'backend', 'serve'], stdin=subprocess.PIPE,"
+         " stdout=subprocess.PIPE)\n"
+         "print(p.pid, flush=True)\n"
+         "time.sleep(600)\n"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True)
+    server_pid = int(parent.stdout.readline())
+    time.sleep(1.0)
+    assert not _gone(server_pid)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 5
+    while not _gone(server_pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(server_pid), "the backend outlived its parent"
