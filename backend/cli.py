@@ -91,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from backend.demo import run_demo
 
-    return run_demo(args.out, quality=args.quality)
+    return run_demo(args.out, quality=args.quality, scene=args.scene)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="render the synthetic scene, reconstruct it, report against ground truth")
     demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     demo.add_argument("--quality", choices=list(QUALITY_PRESETS), default="balanced")
+    demo.add_argument("--scene", help="where the synthetic scene is (re)used (default: OUT/scene)")
     demo.set_defaults(func=cmd_demo)
     args = parser.parse_args(argv)
     try:
