@@ -3,6 +3,8 @@ how close the recovered cameras are to the ground truth."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 from backend.cli import TerminalEvents
@@ -15,9 +17,9 @@ from backend.synthetic_scene import SceneParams, ensure_scene
 def run_demo(out: str | Path, quality: str = "balanced", scene: str | Path | None = None) -> int:
     out = Path(out).resolve()
     scene_dir = Path(scene).resolve() if scene else out / "scene"
-    print(f"1/2 synthetic scene -> {scene_dir} (rendered with Cycles on first use, then reused)")
+    print(f"1/3 synthetic scene -> {scene_dir} (rendered with Cycles on first use, then reused)")
     ensure_scene(scene_dir, SceneParams())
-    print(f"2/2 reconstruction -> {out / 'workspace'}")
+    print(f"2/3 reconstruction -> {out / 'workspace'}")
     result = run_job(scene_dir / "images", out / "workspace", JobOptions.from_dict({"quality": quality}),
                      TerminalEvents())
     summary = result.summary
@@ -26,6 +28,11 @@ def run_demo(out: str | Path, quality: str = "balanced", scene: str | Path | Non
               "mean_reprojection_error": summary["mean_reprojection_error"], "num_points": summary["num_points"],
               "pose_errors": errors.as_dict(), "stage_seconds": summary["stage_seconds"],
               "workspace": str(result.workspace)}
+    blend = out / "demo.blend"
+    print(f"3/3 Blender scene -> {blend}")
+    subprocess.run([sys.executable, "-m", "backend.demo_blend", str(out / "workspace"), str(blend), "demo"],
+                   check=True, cwd=Path(__file__).resolve().parent.parent)
+    report["blend"] = str(blend)
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print()
     print("Demo report (synthetic scene, ground truth known)")
@@ -38,5 +45,6 @@ def run_demo(out: str | Path, quality: str = "balanced", scene: str | Path | Non
     print(f"  camera rotation error  {errors.median_rotation_error_deg:.3f} deg median, "
           f"{errors.max_rotation_error_deg:.3f} deg max")
     print(f"  stage seconds          " + ", ".join(f"{k} {v:.1f}" for k, v in summary["stage_seconds"].items()))
+    print(f"  Blender scene          {blend} (cameras + sparse points, imported by the add-on)")
     print(f"  report                 {out / 'report.json'}")
     return 0

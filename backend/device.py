@@ -8,6 +8,16 @@ from blender_addon.protocol import __version__
 _PACKAGES = ("pycolmap", "numpy", "torch", "gsplat", "trimesh", "msgpack", "pillow")
 
 
+_REQUIRED = {"pycolmap": "pycolmap", "numpy": "numpy", "PIL": "pillow"}  # import name -> package
+
+
+def missing_packages() -> list[str]:
+    """Packages the pipeline cannot run without that are not installed."""
+    from importlib.util import find_spec
+
+    return [package for module, package in _REQUIRED.items() if find_spec(module) is None]
+
+
 def package_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"backend": __version__}
     for name in _PACKAGES:

@@ -51,7 +51,7 @@ class Server:
 
     # Request handlers -----------------------------------------------------
     def handshake(self, msg: dict) -> None:
-        from backend.device import package_versions
+        from backend.device import missing_packages, package_versions
 
         theirs = msg.get("protocol")
         if theirs != protocol.PROTOCOL_VERSION:
@@ -60,6 +60,13 @@ class Server:
                        "Install the same version of the add-on and the backend: press 'Set up backend' in the "
                        "add-on's preferences to reinstall the backend.",
                        {"backend_version": protocol.__version__})
+            return
+        missing = missing_packages()
+        if missing:
+            self.error(ErrorCode.MISSING_DEPENDENCIES,
+                       f"The backend environment ({sys.executable}) is missing: {', '.join(missing)}.",
+                       "Press 'Set up backend' in the add-on's preferences, or point 'Backend Python' at an "
+                       "environment where `pip install blender-reconstruct` was run.", {"missing": missing})
             return
         self._device_ready.wait(timeout=60)
         self.send(protocol.HANDSHAKE, protocol=protocol.PROTOCOL_VERSION, backend_version=protocol.__version__,

@@ -1,5 +1,43 @@
 """Reconstruct: photos to 3D inside Blender (Blender extension package).
 
-This package must import without bpy: the backend shares `protocol.py` and
-`camera_math.py` with it. Everything that needs bpy is imported in register().
+This package must import without bpy: the backend shares `protocol.py`,
+`camera_math.py` and `colmap_io.py` with it. Everything that needs bpy is
+imported in register().
 """
+
+
+def _modules():
+    from . import import_colmap, jobs, operators, panels, preferences, properties
+    from .importers import cameras
+
+    return properties, preferences, cameras, operators, import_colmap, panels, jobs
+
+
+def register() -> None:
+    import bpy
+
+    from . import import_colmap, properties
+    from .importers import cameras
+
+    for module in _modules():
+        for cls in getattr(module, "classes", ()):
+            bpy.utils.register_class(cls)
+    properties.register()
+    bpy.types.TOPBAR_MT_file_import.append(import_colmap.menu_func_import)
+    bpy.app.handlers.depsgraph_update_post.append(cameras.sync_active_camera_resolution)
+
+
+def unregister() -> None:
+    import bpy
+
+    from . import import_colmap, jobs, properties
+    from .importers import cameras
+
+    jobs.unregister()
+    if cameras.sync_active_camera_resolution in bpy.app.handlers.depsgraph_update_post:
+        bpy.app.handlers.depsgraph_update_post.remove(cameras.sync_active_camera_resolution)
+    bpy.types.TOPBAR_MT_file_import.remove(import_colmap.menu_func_import)
+    properties.unregister()
+    for module in reversed(_modules()):
+        for cls in reversed(getattr(module, "classes", ())):
+            bpy.utils.unregister_class(cls)

@@ -53,6 +53,8 @@ class ErrorCode:
     MALFORMED_FRAME = "malformed_frame"
     FRAME_TOO_LARGE = "frame_too_large"
     PROTOCOL_MISMATCH = "protocol_mismatch"
+    MISSING_DEPENDENCIES = "missing_dependencies"
+    BACKEND_EXITED = "backend_exited"
     BUSY = "busy"
     INTERNAL = "internal"
 

@@ -1,0 +1,182 @@
+"""Registered COLMAP images become Blender cameras that see what the photos saw.
+
+One camera object per image, named after the photo, with the photo as its background
+image. Intrinsics and pose come from camera_math (the one place that converts between
+COLMAP and Blender). Resolution and pixel aspect are scene settings in Blender, so each
+camera keeps its photo's on itself and they are applied when it becomes the scene camera.
+"""
+
+import json
+from pathlib import Path
+
+import bpy
+import numpy as np
+from mathutils import Matrix
+
+from .. import camera_math
+from ..colmap_io import Model, read_model
+
+RESOLUTION_KEY = "reconstruct_resolution"  # (W, H) of the photo, px
+PIXEL_ASPECT_KEY = "reconstruct_pixel_aspect"  # (x, y), Blender's pixel aspect for fx != fy
+IMAGE_NAME_KEY = "reconstruct_image"  # the image's name in the COLMAP model
+IMAGE_ID_KEY = "reconstruct_image_id"
+
+
+def import_cameras(
+    model: Model, collection: bpy.types.Collection, image_dir: Path | None = None
+) -> list[bpy.types.Object]:
+    """One camera object per registered image of ``model``, linked into ``collection``, sorted by name.
+
+    Distortion is left out (Blender's camera is a pinhole), so give this the undistorted
+    model and photos where there are some. Photos found under ``image_dir`` become the
+    cameras' background images.
+    """
+    images = sorted(model.images.values(), key=lambda im: im.name)
+    centers = np.array([im.center for im in images]).reshape(-1, 3)
+    scale = _scene_scale(centers)
+    objects = []
+    for image in images:
+        cam = model.cameras.get(image.camera_id)
+        if cam is None:
+            raise ValueError(f"image {image.name!r} refers to camera {image.camera_id}, which the model does not have")
+        intr = camera_math.intrinsics_to_blender(cam.width, cam.height, *cam.pinhole())
+        stem = Path(image.name).stem
+        data = bpy.data.cameras.new(stem)
+        data.type = "PERSP"
+        data.lens_unit = "MILLIMETERS"
+        data.lens = intr.lens
+        data.sensor_width = intr.sensor_width
+        data.sensor_height = intr.sensor_height
+        data.sensor_fit = intr.sensor_fit
+        data.shift_x, data.shift_y = intr.shift_x, intr.shift_y
+        if scale is not None:
+            data.display_size = 0.1 * scale
+            data.clip_start = min(data.clip_start, 0.01 * scale)
+            data.clip_end = max(data.clip_end, 100.0 * scale)
+
+        obj = bpy.data.objects.new(stem, data)
+        obj.matrix_world = Matrix(camera_math.colmap_to_blender_matrix(image.R, image.t).tolist())
+        obj[RESOLUTION_KEY] = (intr.resolution_x, intr.resolution_y)
+        obj[PIXEL_ASPECT_KEY] = (intr.pixel_aspect_x, intr.pixel_aspect_y)
+        obj[IMAGE_NAME_KEY] = image.name
+        obj[IMAGE_ID_KEY] = image.id
+        if image_dir is not None:
+            _set_background_photo(data, Path(image_dir) / image.name)
+        collection.objects.link(obj)
+        objects.append(obj)
+    return objects
+
+
+def import_workspace_cameras(workspace: Path, collection: bpy.types.Collection) -> list[bpy.types.Object]:
+    """Cameras from a Reconstruct workspace: the undistorted model and photos when the
+    workspace has them (Blender can show them exactly), else the SfM model with the
+    original photos recorded in ``summary.json``."""
+    workspace = Path(workspace)
+    undistorted = workspace / "undistorted"
+    if (undistorted / "sparse").is_dir():
+        return import_cameras(read_model(undistorted / "sparse"), collection, undistorted / "images")
+    return import_cameras(read_model(workspace / "sparse" / "model"), collection, workspace_photos(workspace))
+
+
+def workspace_photos(workspace: Path) -> Path | None:
+    """The photo folder a workspace was made from, as its ``summary.json`` records it."""
+    try:
+        photos = json.loads((Path(workspace) / "summary.json").read_text()).get("photos")
+    except (OSError, ValueError):
+        return None
+    return Path(photos) if photos else None
+
+
+def find_image_dir(model_dir: Path) -> Path | None:
+    """Where a model's photos usually are: COLMAP's layouts (``images/`` beside ``sparse/``,
+    or beside ``sparse/0``) or, for a Reconstruct workspace's ``sparse/model``, its photos."""
+    model_dir = Path(model_dir).resolve()
+    for candidate in (model_dir.parent / "images", model_dir.parent.parent / "images"):
+        if candidate.is_dir():
+            return candidate
+    return workspace_photos(model_dir.parent.parent)
+
+
+def apply_camera_resolution(scene: bpy.types.Scene, camera_obj: bpy.types.Object, percentage: bool = True) -> bool:
+    """Set the scene's resolution and pixel aspect to ``camera_obj``'s photo's.
+
+    Returns False (and changes nothing) for a camera that was not imported from a photo.
+    ``percentage`` also resets the resolution percentage to 100, so renders match the photo pixel for pixel.
+    """
+    if camera_obj is None or RESOLUTION_KEY not in camera_obj:
+        return False
+    width, height = (int(v) for v in camera_obj[RESOLUTION_KEY])
+    aspect_x, aspect_y = (float(v) for v in camera_obj.get(PIXEL_ASPECT_KEY, (1.0, 1.0)))
+    render = scene.render
+    # Only write what differs: every write triggers a depsgraph update (and this runs from one).
+    if (render.resolution_x, render.resolution_y) != (width, height):
+        render.resolution_x, render.resolution_y = width, height
+    if not (np.isclose(render.pixel_aspect_x, aspect_x) and np.isclose(render.pixel_aspect_y, aspect_y)):
+        render.pixel_aspect_x, render.pixel_aspect_y = aspect_x, aspect_y
+    if percentage and render.resolution_percentage != 100:
+        render.resolution_percentage = 100
+    return True
+
+
+def make_active_camera(scene: bpy.types.Scene, camera_obj: bpy.types.Object) -> None:
+    """Make ``camera_obj`` the scene camera, with its photo's resolution and pixel aspect."""
+    scene.camera = camera_obj
+    apply_camera_resolution(scene, camera_obj)
+
+
+@bpy.app.handlers.persistent
+def sync_active_camera_resolution(scene: bpy.types.Scene, depsgraph=None) -> None:
+    """depsgraph_update_post handler: when the scene camera is one of ours (switched any
+    way, e.g. Ctrl+Numpad0 or camera markers), follow its photo's resolution and pixel
+    aspect. The resolution percentage is left alone: it scales the frame without changing
+    what the camera sees."""
+    if scene.camera is not None:
+        apply_camera_resolution(scene, scene.camera, percentage=False)
+
+
+class RECONSTRUCT_OT_set_active_camera(bpy.types.Operator):
+    """Make this photo's camera the scene camera and use its photo's resolution and pixel aspect"""
+
+    bl_idname = "reconstruct.set_active_camera"
+    bl_label = "Set Active Photo Camera"
+    bl_options = {"REGISTER", "UNDO"}
+
+    name: bpy.props.StringProperty(
+        name="Camera",
+        description="Camera object to make active (empty: the active object)",
+        default="",
+    )
+
+    def execute(self, context):
+        obj = bpy.data.objects.get(self.name) if self.name else context.active_object
+        if obj is None or obj.type != "CAMERA":
+            what = f"{self.name!r}" if self.name else "The active object"
+            self.report({"ERROR"}, f"{what} is not a camera")
+            return {"CANCELLED"}
+        make_active_camera(context.scene, obj)
+        return {"FINISHED"}
+
+
+classes = (RECONSTRUCT_OT_set_active_camera,)
+
+
+def _set_background_photo(data: bpy.types.Camera, path: Path) -> bool:
+    if not path.is_file():
+        return False
+    image = bpy.data.images.load(str(path), check_existing=True)
+    background = data.background_images.new()
+    background.image = image
+    background.source = "IMAGE"
+    # Fill the camera frame exactly: with fx != fy the frame's aspect is not the photo's.
+    background.frame_method = "STRETCH"
+    background.alpha = 1.0
+    data.show_background_images = True
+    return True
+
+
+def _scene_scale(centers: np.ndarray) -> float | None:
+    """Typical distance of the cameras from their middle; None when it says nothing."""
+    if len(centers) < 2:
+        return None
+    scale = float(np.median(np.linalg.norm(centers - np.median(centers, axis=0), axis=1)))
+    return scale if np.isfinite(scale) and scale > 0 else None
