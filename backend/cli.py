@@ -46,6 +46,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="preset for image size and feature count (default: balanced)")
     p.add_argument("--max-image-size", type=int, help="longest side (px) used for features")
     p.add_argument("--max-features", type=int, dest="max_num_features", help="SIFT features per photo")
+    p.add_argument("--sift-upsample", choices=["auto", "always", "never"],
+                   help="SIFT on images doubled in size: auto = only below 1200 px (default)")
     p.add_argument("--camera-model", choices=CAMERA_MODELS, help="COLMAP camera model (default SIMPLE_RADIAL)")
     p.add_argument("--single-camera", action="store_true", default=None, help="all photos share one camera")
     p.add_argument("--matcher", choices=["auto", "exhaustive", "sequential", "spatial"])
@@ -59,7 +61,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> JobOptions:
-    sfm = {k: getattr(args, k) for k in ("max_image_size", "max_num_features", "camera_model", "single_camera",
+    sfm = {k: getattr(args, k) for k in ("max_image_size", "max_num_features", "sift_upsample", "camera_model",
+                                         "single_camera",
                                          "matcher", "mapper", "undistort_max_size", "device", "num_threads")
            if getattr(args, k) is not None}
     return JobOptions.from_dict({"quality": args.quality, "sfm": sfm, "force": args.force})

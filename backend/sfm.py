@@ -50,13 +50,15 @@ def seal_database(database: Path) -> None:
             time.sleep(0.05)
 
 
-def extract_features(database: Path, image_dir: Path, names: list[str], opts: SfmOptions) -> dict:
+def extract_features(database: Path, image_dir: Path, names: list[str], opts: SfmOptions,
+                     first_octave: int = -1) -> dict:
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = opts.camera_model
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.max_image_size = opts.max_image_size
     extraction.num_threads = opts.num_threads
     extraction.sift.max_num_features = opts.max_num_features
+    extraction.sift.first_octave = first_octave
     extraction.use_gpu = _device(opts) == pycolmap.Device.cuda
     pycolmap.extract_features(
         database, image_dir, image_names=names,

@@ -51,7 +51,8 @@ def _call(fn: str, args: dict, send) -> dict:
         send(protocol.message("progress", fraction=float(fraction), message=text))
 
     if fn == "features":
-        return sfm.extract_features(Path(args["database"]), Path(args["image_dir"]), args["names"], opts)
+        return sfm.extract_features(Path(args["database"]), Path(args["image_dir"]), args["names"], opts,
+                                    args["first_octave"])
     if fn == "matching":
         return sfm.match(Path(args["database"]), args["matcher"], opts)
     if fn == "mapping":

@@ -47,12 +47,16 @@ class Worker:
             pass
         events.put(None)
 
+    def prestart(self) -> None:
+        """Start the worker now (pycolmap imports while the caller does other work)."""
+        if self._proc is None or self._proc.poll() is not None:
+            self._proc = self._start()
+
     def call(self, fn: str, args: dict, *, progress: Callable[[float, str], None],
              cancel: threading.Event, poll: Callable[[], None] | None = None) -> dict:
         """Run one step in the worker; returns its result dict. Raises
         Cancelled (after killing the worker) when `cancel` is set."""
-        if self._proc is None or self._proc.poll() is not None:
-            self._proc = self._start()
+        self.prestart()
         try:
             self._proc.stdin.write(protocol.pack({"type": "call", "fn": fn, "args": args}))
             self._proc.stdin.flush()
@@ -94,14 +98,8 @@ class Worker:
             self._proc = None
 
     def close(self) -> None:
-        if self._proc is None:
-            return
-        try:
-            self._proc.stdin.write(protocol.pack({"type": protocol.SHUTDOWN}))
-            self._proc.stdin.close()
-            self._proc.wait(timeout=5)
-        except (OSError, subprocess.TimeoutExpired):
-            pass
+        # Every stage's output is committed before this, so nothing is lost by
+        # not waiting for the interpreter (and pycolmap) to tear down.
         self.kill()
 
 

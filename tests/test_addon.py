@@ -138,3 +138,30 @@ def test_a_backend_of_another_protocol_version_says_what_to_do(jobs, monkeypatch
 def test_reconstruct_without_a_photo_folder_is_refused_with_a_reason(jobs):
     with pytest.raises(RuntimeError, match="Choose the folder of photos first"):
         bpy.ops.reconstruct.run()
+
+
+def test_backend_python_is_detected_from_the_checkout(jobs):
+    from blender_addon import preferences
+
+    prefs = bpy.context.preferences.addons["blender_addon"].preferences
+    prefs.backend_python = ""
+    detected = preferences.backend_python()
+    venv_python = Path(__file__).resolve().parent.parent / ".venv" / "bin" / "python"
+    if not venv_python.exists() and not preferences.managed_venv().exists():
+        pytest.skip("no .venv in this checkout (the README's commands create it)")
+    assert detected and Path(detected).exists()
+
+
+def test_set_up_backend_runs_in_the_background_and_names_a_failing_command(jobs, tmp_path):
+    from blender_addon import setup_backend
+
+    assert setup_backend.backend_source() is not None  # the checkout (or the zip's backend_src)
+    started = time.monotonic()
+    setup_backend.start(str(tmp_path / "no-python-here"), tmp_path / "venv")
+    assert time.monotonic() - started < 0.5  # returned at once: the work is in a thread
+    deadline = time.monotonic() + 30
+    while setup_backend.state.running and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert setup_backend.state.error.startswith("Creating the environment failed")
+    assert setup_backend.state.failed_command.startswith(str(tmp_path / "no-python-here"))
+    assert "-m venv" in setup_backend.state.failed_command

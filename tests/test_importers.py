@@ -24,6 +24,7 @@ from blender_addon.importers import (  # noqa: E402
 )
 from blender_addon.importers import cameras as camera_importer  # noqa: E402
 from blender_addon.importers import points as point_importer  # noqa: E402
+from projection import colmap_project, points_in_view
 
 # name: (model, width, height, params); off-centre principal points, fx != fy both ways, both orientations.
 CAMERAS = {
@@ -86,18 +87,6 @@ def write_text_model(folder: Path, cameras: dict, images: list, xyz=None, rgb=No
             lines.append(f"{i} {p[0]!r} {p[1]!r} {p[2]!r} {c[0]} {c[1]} {c[2]} 0.5 1 0 2 0")
     (folder / "points3D.txt").write_text("# POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[]\n" + "\n".join(lines) + "\n")
     return folder
-
-
-def colmap_project(R, t, fx, fy, cx, cy, points):  # [N, 3] -> [N, 2] pixels
-    cam = points @ R.T + t
-    return np.stack([fx * cam[:, 0] / cam[:, 2] + cx, fy * cam[:, 1] / cam[:, 2] + cy], axis=1)
-
-
-def points_in_view(R, t, W, H, fx, fy, cx, cy, rng, n=40):
-    px = rng.uniform([-0.2 * W, -0.2 * H], [1.2 * W, 1.2 * H], size=(n, 2))
-    depth = rng.uniform(0.5, 20.0, size=n)
-    cam = np.stack([(px[:, 0] - cx) / fx * depth, (px[:, 1] - cy) / fy * depth, depth], axis=1)
-    return (cam - t) @ R
 
 
 def new_collection(name="Import"):

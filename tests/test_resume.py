@@ -93,3 +93,27 @@ def test_run_killed_during_matching_resumes_to_a_valid_model(temple, tmp_path):
     rec = pycolmap.Reconstruction(str(ws / "sparse" / "model"))
     assert rec.num_reg_images() >= 13 and rec.num_points3D() > 500
     assert not list(ws.rglob("*.tmp"))
+
+
+def test_an_option_that_changes_nothing_reruns_nothing(temple, temple_run, tmp_path):
+    """The temple's 640 px photos get SIFT upsampling under 'auto' already,
+    so asking for it explicitly is the same job."""
+    ws = _fork(temple_run, tmp_path)
+    proc = run_backend("run", temple / "images", "--workspace", ws, "--sift-upsample", "always", check=True)
+    assert "ran: nothing (all stages up to date)" in proc.stdout
+    assert read_json(ws / "summary.json")["sift_first_octave"] == -1
+
+
+def test_sift_upsamples_only_what_sift_sees_small():
+    from backend.options import SfmOptions
+    from backend.photos import Photo, PhotoSet
+    from backend.pipeline import choose_first_octave
+
+    def photos(width, height):
+        return PhotoSet(Path("."), [Photo(f"{i}.jpg", 1, 1, width, height) for i in range(3)])
+
+    assert choose_first_octave(photos(640, 480), SfmOptions(max_image_size=2000)) == -1
+    assert choose_first_octave(photos(3072, 2048), SfmOptions(max_image_size=1000)) == -1
+    assert choose_first_octave(photos(3072, 2048), SfmOptions(max_image_size=1600)) == 0
+    assert choose_first_octave(photos(3072, 2048), SfmOptions(max_image_size=1600, sift_upsample="always")) == -1
+    assert choose_first_octave(photos(640, 480), SfmOptions(sift_upsample="never")) == 0
