@@ -15,3 +15,9 @@ def points_in_view(R, t, W, H, fx, fy, cx, cy, rng, n=50):
     depth = rng.uniform(0.5, 20.0, size=n)
     cam = np.stack([(px[:, 0] - cx) / fx * depth, (px[:, 1] - cy) / fy * depth, depth], axis=1)
     return (cam - t) @ R  # R^T (cam - t), row-wise
+
+
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    from blender_addon.colmap_io import quaternion_to_matrix
+
+    return quaternion_to_matrix(rng.normal(size=4))

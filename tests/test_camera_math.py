@@ -14,7 +14,7 @@ from blender_addon.camera_math import (
     colmap_to_blender_matrix,
     intrinsics_to_blender,
 )
-from projection import colmap_project, points_in_view
+from projection import colmap_project, points_in_view, random_rotation
 
 # (width, height, fx, fy, cx, cy)
 CAMERAS = {
@@ -26,18 +26,6 @@ CAMERAS = {
     "portrait_fy_gt_fx_off_centre": (1000, 1500, 1200.0, 1430.0, 530.0, 712.0),
     "square_image_far_off_centre": (512, 512, 450.0, 500.0, 140.0, 390.0),
 }
-
-
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q = rng.normal(size=4)
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from blender_addon.importers import (  # noqa: E402
 )
 from blender_addon.importers import cameras as camera_importer  # noqa: E402
 from blender_addon.importers import points as point_importer  # noqa: E402
-from projection import colmap_project, points_in_view
+from projection import colmap_project, points_in_view, random_rotation
 
 # name: (model, width, height, params); off-centre principal points, fx != fy both ways, both orientations.
 CAMERAS = {
@@ -41,18 +41,6 @@ CAMERAS = {
 def empty_scene():
     bpy.ops.wm.read_factory_settings(use_empty=True)
     yield
-
-
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    q = rng.normal(size=4)
-    w, x, y, z = q / np.linalg.norm(q)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
 
 
 def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
