@@ -20,6 +20,8 @@ from .protocol import ErrorCode
 TICK_SECONDS = 0.1
 IDLE_TICK_SECONDS = 0.5
 MAX_WARNINGS = 200
+# Errors that mean the backend cannot serve at all (not one job's failure).
+_BACKEND_FATAL = (ErrorCode.PROTOCOL_MISMATCH, ErrorCode.MISSING_DEPENDENCIES, ErrorCode.BACKEND_EXITED)
 
 
 class UserError(Exception):
@@ -138,12 +140,11 @@ class Runner:
         elif kind == protocol.CANCELLED:
             self._finish("CANCELLED", message=msg.get("message", "Cancelled"))
         elif kind == protocol.ERROR:
-            if msg.get("code") in (ErrorCode.PROTOCOL_MISMATCH, ErrorCode.MISSING_DEPENDENCIES,
-                                   ErrorCode.BACKEND_EXITED) or msg.get("job") == self.job_id:
-                if msg.get("code") != ErrorCode.BACKEND_EXITED or self.job_id is not None:
-                    preferences.set_status(msg["message"], False)
-                if self.job_id is not None:
-                    self._finish("ERROR", error=msg["message"], hint=msg.get("hint", ""), message="Failed")
+            fatal = msg.get("code") in _BACKEND_FATAL
+            if fatal:
+                preferences.set_status(msg["message"], False)
+            if self.job_id is not None and (fatal or msg.get("job") == self.job_id):
+                self._finish("ERROR", error=msg["message"], hint=msg.get("hint", ""), message="Failed")
 
     def _handshake_failed(self, message: str, hint: str) -> None:
         preferences.set_status(message, False)
