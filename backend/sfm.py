@@ -12,7 +12,6 @@ from contextlib import closing
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import pycolmap
 
 from backend.errors import ErrorCode, ReconstructError
@@ -160,11 +159,3 @@ def undistort(model_dir: Path, image_dir: Path, out_dir: Path, opts: SfmOptions)
     rec = pycolmap.Reconstruction(out_dir / "sparse")
     return {"num_images": rec.num_reg_images(),
             "max_size": max(max(c.width, c.height) for c in rec.cameras.values())}
-
-
-def read_model(model_dir: Path) -> "pycolmap.Reconstruction":
-    return pycolmap.Reconstruction(str(model_dir))
-
-
-def camera_centres(rec: "pycolmap.Reconstruction") -> dict[str, np.ndarray]:
-    return {rec.images[i].name: np.asarray(rec.images[i].projection_center()) for i in rec.reg_image_ids()}

@@ -67,15 +67,22 @@ def import_cameras(
     return objects
 
 
-def import_workspace_cameras(workspace: Path, collection: bpy.types.Collection) -> list[bpy.types.Object]:
-    """Cameras from a Reconstruct workspace: the undistorted model and photos when the
-    workspace has them (Blender can show them exactly), else the SfM model with the
-    original photos recorded in ``summary.json``."""
+def workspace_model(workspace: Path) -> tuple[Path, Path | None]:
+    """(model folder, photo folder) to import from a Reconstruct workspace: the
+    undistorted model and photos when the workspace has them (Blender can show
+    them exactly), else the SfM model with the original photos recorded in
+    ``summary.json``."""
     workspace = Path(workspace)
     undistorted = workspace / "undistorted"
     if (undistorted / "sparse").is_dir():
-        return import_cameras(read_model(undistorted / "sparse"), collection, undistorted / "images")
-    return import_cameras(read_model(workspace / "sparse" / "model"), collection, workspace_photos(workspace))
+        return undistorted / "sparse", undistorted / "images"
+    return workspace / "sparse" / "model", workspace_photos(workspace)
+
+
+def import_workspace_cameras(workspace: Path, collection: bpy.types.Collection) -> list[bpy.types.Object]:
+    """Cameras from a Reconstruct workspace (see workspace_model)."""
+    model_dir, image_dir = workspace_model(workspace)
+    return import_cameras(read_model(model_dir), collection, image_dir)
 
 
 def workspace_photos(workspace: Path) -> Path | None:
