@@ -75,7 +75,7 @@ class Server:
 
     def run(self, msg: dict) -> None:
         job = msg.get("job")
-        if self._job_thread is not None and self._job_thread.is_alive():
+        if self._job_id is not None:
             self.error(ErrorCode.BUSY, f"Job {self._job_id} is still running.",
                        "Wait for it to finish or cancel it first.", job=job)
             return
@@ -84,7 +84,7 @@ class Server:
                 self.error(ErrorCode.BAD_REQUEST, f"A run request needs '{key}' (a folder path).", job=job)
                 return
         self._cancel = threading.Event()
-        self._job_id = job
+        self._job_id = job if job is not None else ""
         self._job_thread = threading.Thread(target=self._run_job, args=(msg, self._cancel), name=f"job-{job}")
         self._job_thread.start()
 
@@ -102,19 +102,24 @@ class Server:
                 raise ReconstructError(ErrorCode.BAD_OPTIONS, f"Unknown stage(s): {', '.join(sorted(unknown))}.",
                                        f"Stages: {', '.join(SFM_STAGES)}.")
             result = run_job(msg["photos"], msg["workspace"], options, events, cancel, stages)
-            self.send(protocol.RESULT, job=job, workspace=str(result.workspace), artifacts=result.artifacts,
-                      summary=result.summary, ran=result.ran)
+            final = (protocol.RESULT, dict(workspace=str(result.workspace), artifacts=result.artifacts,
+                                           summary=result.summary, ran=result.ran))
         except Cancelled:
-            self.send(protocol.CANCELLED, job=job, message="Cancelled: finished stages are kept; run again to resume.")
+            final = (protocol.CANCELLED, dict(message="Cancelled: finished stages are kept; run again to resume."))
         except ReconstructError as exc:
-            self.error(job=job, **exc.as_fields())
+            final = (protocol.ERROR, exc.as_fields())
         except Exception as exc:
             traceback.print_exc()
-            self.error(ErrorCode.INTERNAL, f"Internal error: {exc}", "Please report this with the backend log.",
-                       {"traceback": traceback.format_exc()}, job=job)
+            final = (protocol.ERROR, dict(code=ErrorCode.INTERNAL, message=f"Internal error: {exc}",
+                                          hint="Please report this with the backend log.",
+                                          details={"traceback": traceback.format_exc()}))
+        # The job is over (its workspace unlocked, its worker gone) before the
+        # client hears so: a run sent in reply to this event is not 'busy'.
+        self._job_id = None
+        self.send(final[0], job=job, **final[1])
 
     def cancel(self, msg: dict) -> None:
-        if msg.get("job") in (None, self._job_id):
+        if self._job_id is not None and msg.get("job") in (None, self._job_id):
             self._cancel.set()
 
     def stop(self) -> None:
