@@ -7,7 +7,7 @@ import sys
 import time
 
 from backend.errors import Cancelled, ReconstructError
-from backend.options import CAMERA_MODELS, QUALITY_PRESETS, SFM_STAGES, JobOptions
+from backend.options import CAMERA_MODELS, QUALITY_PRESETS, STAGES, JobOptions
 
 
 class TerminalEvents:
@@ -49,15 +49,40 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sift-upsample", choices=["auto", "always", "never"],
                    help="SIFT on images doubled in size: auto = only below 1200 px (default)")
     p.add_argument("--camera-model", choices=CAMERA_MODELS, help="COLMAP camera model (default SIMPLE_RADIAL)")
-    p.add_argument("--single-camera", action="store_true", default=None, help="all photos share one camera")
+    cameras = p.add_mutually_exclusive_group()
+    cameras.add_argument("--single-camera", action="store_true", default=None,
+                         help="all photos share one camera's intrinsics (default: when size and EXIF camera agree)")
+    cameras.add_argument("--per-photo-camera", action="store_false", dest="single_camera",
+                         help="each photo has its own intrinsics (zoom lenses, several cameras)")
     p.add_argument("--matcher", choices=["auto", "exhaustive", "sequential", "spatial"])
     p.add_argument("--mapper", choices=["incremental", "global"])
     p.add_argument("--undistort-max-size", type=int, help="longest side of undistorted images (0 = full)")
     p.add_argument("--device", choices=["auto", "gpu", "cpu"])
     p.add_argument("--threads", type=int, dest="num_threads")
-    p.add_argument("--force", choices=SFM_STAGES, help="rerun from this stage even if cached")
-    p.add_argument("--stages", nargs="+", choices=SFM_STAGES, default=list(SFM_STAGES),
-                   help="run up to (and including) these stages")
+    p.add_argument("--dense-max-size", type=int, dest="dense_max_image_size",
+                   help="longest side (px) of the images depth maps are computed at")
+    p.add_argument("--num-sources", type=int, help="source views per depth map (default 6)")
+    p.add_argument("--min-consistent", type=int, help="views that must agree on a fused point (default 2)")
+    p.add_argument("--roi", type=_roi, help='region of interest: "cx,cy,cz,hx,hy,hz" (axis-aligned centre and '
+                   'half sizes) or JSON {"center", "half_size", "rotation"}; default: the sparse points\' bounds')
+    p.add_argument("--mesh-depth", type=int, help="Poisson octree depth (default: from the point spacing)")
+    p.add_argument("--face-budget", type=int, help="simplify the mesh to at most this many triangles")
+    p.add_argument("--dense-device", choices=["auto", "cuda", "cpu"], help="where depth maps are computed")
+    p.add_argument("--force", choices=STAGES, help="rerun from this stage even if cached")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                   help="run up to (and including) these stages (default: all, through the mesh)")
+
+
+def _roi(text: str) -> dict:
+    try:
+        if text.lstrip().startswith("{"):
+            return json.loads(text)
+        values = [float(v) for v in text.split(",")]
+        if len(values) != 6:
+            raise ValueError("six numbers")
+        return {"center": values[:3], "half_size": values[3:]}
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a box ({exc}): {text!r}") from None
 
 
 def options_from_args(args: argparse.Namespace) -> JobOptions:
@@ -65,7 +90,12 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
                                          "single_camera",
                                          "matcher", "mapper", "undistort_max_size", "device", "num_threads")
            if getattr(args, k) is not None}
-    return JobOptions.from_dict({"quality": args.quality, "sfm": sfm, "force": args.force})
+    dense = {k: getattr(args, a) for k, a in (("max_image_size", "dense_max_image_size"),
+                                              ("num_sources", "num_sources"), ("min_consistent", "min_consistent"),
+                                              ("roi", "roi"), ("mesh_depth", "mesh_depth"),
+                                              ("face_budget", "face_budget"), ("device", "dense_device"))
+             if getattr(args, a) is not None}
+    return JobOptions.from_dict({"quality": args.quality, "sfm": sfm, "dense": dense, "force": args.force})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -80,6 +110,12 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"mean track length {s['mean_track_length']:.2f}")
     if s["unregistered"]:
         print(f"not registered: {', '.join(s['unregistered'])}")
+    dense = s["dense"]
+    if dense["dense_points"] is not None:
+        print(f"dense: {dense['depth_maps']} depth maps at {dense['depth_map_size'][0]} px, "
+              f"{dense['dense_points']} points -> {result.artifacts['fusion']}")
+    if dense["mesh_faces"] is not None:
+        print(f"mesh: {dense['mesh_faces']} faces -> {result.artifacts['mesh']} (and .glb)")
     print(f"ran: {', '.join(result.ran) or 'nothing (all stages up to date)'}")
     print(f"summary: {result.artifacts['summary']}")
     return 0

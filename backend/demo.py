@@ -1,5 +1,5 @@
-"""The demo: render the synthetic scene (once), reconstruct it, and report
-how close the recovered cameras are to the ground truth."""
+"""The demo: render the synthetic scene (once), reconstruct it (cameras,
+dense points, mesh), and report how close each is to the ground truth."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from backend.cli import TerminalEvents
-from backend.evaluate import compare_poses
+from backend.evaluate import compare_poses, evaluate_synthetic
 from backend.options import JobOptions
 from backend.pipeline import run_job
 from backend.synthetic_scene import SceneParams, ensure_scene
@@ -24,10 +24,11 @@ def run_demo(out: str | Path, quality: str = "balanced", scene: str | Path | Non
                      TerminalEvents())
     summary = result.summary
     errors = compare_poses(out / "workspace" / "sparse" / "model", scene_dir / "gt_colmap")
+    geometry = evaluate_synthetic(out / "workspace", scene_dir)
     report = {"registered_images": summary["registered_images"], "total_images": summary["total_images"],
               "mean_reprojection_error": summary["mean_reprojection_error"], "num_points": summary["num_points"],
-              "pose_errors": errors.as_dict(), "stage_seconds": summary["stage_seconds"],
-              "workspace": str(result.workspace)}
+              "pose_errors": errors.as_dict(), "geometry": geometry, "dense": summary["dense"],
+              "stage_seconds": summary["stage_seconds"], "workspace": str(result.workspace)}
     blend = out / "demo.blend"
     print(f"3/3 Blender scene -> {blend}")
     subprocess.run([sys.executable, "-m", "backend.demo_blend", str(out / "workspace"), str(blend), "demo"],
@@ -44,7 +45,14 @@ def run_demo(out: str | Path, quality: str = "balanced", scene: str | Path | Non
           f"{errors.scene_radius:.2f})")
     print(f"  camera rotation error  {errors.median_rotation_error_deg:.3f} deg median, "
           f"{errors.max_rotation_error_deg:.3f} deg max")
+    dense, mesh = geometry["dense"], geometry["mesh"]
+    print(f"  dense points           {summary['dense']['dense_points']} ({dense['num_points']} near the object)")
+    print(f"  dense F-score          {dense['f_score']:.3f} at {geometry['threshold']:.4f} (1% of the object's "
+          f"diagonal): accuracy {dense['accuracy']:.3f}, completeness {dense['completeness']:.3f}")
+    print(f"  mesh                   {mesh['faces']} faces, mean distance to the true surface "
+          f"{100 * mesh['mean_distance_fraction']:.3f}% of the diagonal, farthest "
+          f"{100 * mesh['max_distance_fraction']:.2f}%")
     print(f"  stage seconds          " + ", ".join(f"{k} {v:.1f}" for k, v in summary["stage_seconds"].items()))
-    print(f"  Blender scene          {blend} (cameras + sparse points, imported by the add-on)")
+    print(f"  Blender scene          {blend} (cameras, sparse and dense points, mesh, imported by the add-on)")
     print(f"  report                 {out / 'report.json'}")
     return 0

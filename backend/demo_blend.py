@@ -22,7 +22,7 @@ def main(argv: list[str]) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     bpy.ops.wm.save_as_mainfile(filepath=str(out))
     cameras = sum(o.type == "CAMERA" for o in collection.objects)
-    print(f"{out}: {cameras} cameras, {len(collection.objects) - cameras} point clouds")
+    print(f"{out}: {cameras} cameras, {', '.join(o.name for o in collection.objects if o.type == 'MESH')}")
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from backend.errors import ErrorCode, ReconstructError
@@ -18,6 +18,8 @@ from backend.errors import ErrorCode, ReconstructError
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 MIN_PHOTOS = 2
 _GPS_IFD = 0x8825
+_EXIF_IFD = 0x8769
+_MAKE, _MODEL, _FOCAL, _FOCAL_35MM = 0x010F, 0x0110, 0x920A, 0xA405
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class Photo:
     width: int
     height: int
     has_gps: bool = False
+    camera: str = ""
+    """EXIF make, model and focal length: photos that agree (or all lack it) came from one camera."""
 
 
 @dataclass(frozen=True)
@@ -51,16 +55,20 @@ class PhotoSet:
         return [str(self.folder), [(p.name, p.size, p.mtime_ns) for p in self.photos]]
 
 
-def _check_image(path: Path) -> tuple[int, int, bool]:
+def _check_image(path: Path) -> tuple[int, int, bool, str]:
     from PIL import Image
 
     with Image.open(path) as im:
         width, height = im.size
-        has_gps = bool(im.getexif().get(_GPS_IFD))
+        exif = im.getexif()
+        has_gps = bool(exif.get(_GPS_IFD))
+        details = exif.get_ifd(_EXIF_IFD)
+        camera = "|".join(str(v) for v in (exif.get(_MAKE, ""), exif.get(_MODEL, ""),
+                                           details.get(_FOCAL, ""), details.get(_FOCAL_35MM, "")))
         if im.format == "JPEG":
             im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
         im.load()
-    return width, height, has_gps
+    return width, height, has_gps, camera.strip("|")
 
 
 def scan_photos(folder: str | os.PathLike, cache: dict | None = None) -> PhotoSet:
@@ -90,15 +98,16 @@ def scan_photos(folder: str | os.PathLike, cache: dict | None = None) -> PhotoSe
             continue
         stat = entry.stat()
         cached = cache.get(name)
-        if cached and cached["size"] == stat.st_size and cached["mtime_ns"] == stat.st_mtime_ns:
+        if (cached and cached["size"] == stat.st_size and cached["mtime_ns"] == stat.st_mtime_ns
+                and cached.keys() == _PHOTO_FIELDS):
             photos.append(Photo(**cached))
             continue
         try:
-            width, height, has_gps = _check_image(Path(entry.path))
+            width, height, has_gps, camera = _check_image(Path(entry.path))
         except Exception as exc:
             skipped.append(Skipped(name, f"unreadable or corrupt image ({exc})"))
             continue
-        photos.append(Photo(name, stat.st_size, stat.st_mtime_ns, width, height, has_gps))
+        photos.append(Photo(name, stat.st_size, stat.st_mtime_ns, width, height, has_gps, camera))
     if not photos:
         bad_images = [s.name for s in skipped if s.reason != "not an image file"]
         if bad_images:
@@ -119,6 +128,14 @@ def scan_photos(folder: str | os.PathLike, cache: dict | None = None) -> PhotoSe
             "Take at least 3 overlapping photos of the subject from different positions (20 or more works best).",
             {"skipped": [asdict(s) for s in skipped]})
     return PhotoSet(folder, photos, skipped)
+
+
+_PHOTO_FIELDS = {f.name for f in fields(Photo)}
+
+
+def one_camera(photos: PhotoSet) -> bool:
+    """Whether every photo looks like it came from the same camera and zoom."""
+    return len({(p.width, p.height, p.camera) for p in photos.photos}) == 1
 
 
 def _names(names: list[str], limit: int = 8) -> str:

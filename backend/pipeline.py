@@ -1,8 +1,8 @@
-"""The job runner: photos -> features -> matching -> mapping -> undistort,
-with each stage cached by the hash of its inputs.
+"""The job runner: photos -> features -> matching -> mapping -> undistort
+-> mvs -> fusion -> mesh, with each stage cached by the hash of its inputs.
 
 A stage's hash chains the identity of its upstream stage's last run with
-the options it reads (options.STAGE_OPTION_FIELDS), so changing an option
+the options it reads (options.STAGE_OPTIONS), so changing an option
 reruns exactly the stages it affects, and a stage that reruns takes every
 later stage with it. The heavy work runs in a killable worker process
 (worker.py); this module only decides, records, and reports.
@@ -21,8 +21,8 @@ from typing import Protocol
 from blender_addon.protocol import __version__
 from backend.device import package_versions
 from backend.errors import Cancelled, ErrorCode, ReconstructError
-from backend.options import SFM_STAGES, STAGE_OPTION_FIELDS, JobOptions, SfmOptions
-from backend.photos import PhotoSet, looks_like_video_frames, scan_photos
+from backend.options import STAGE_OPTIONS, STAGES, JobOptions, SfmOptions
+from backend.photos import PhotoSet, looks_like_video_frames, one_camera, scan_photos
 from backend.worker_client import Worker
 from backend.workspace import Workspace, remove, stable_hash, write_json_atomic
 
@@ -92,8 +92,18 @@ def choose_first_octave(photos: PhotoSet, sfm: SfmOptions) -> int:
     return -1 if seen < UPSAMPLE_BELOW_PX else 0
 
 
+def choose_camera_mode(photos: PhotoSet, sfm: SfmOptions) -> tuple[str, str]:
+    """pycolmap's CameraMode name for the photos, and why."""
+    if sfm.single_camera is not None:
+        return ("SINGLE", "shared by all photos (requested)") if sfm.single_camera else \
+            ("PER_IMAGE", "one camera per photo (requested)")
+    if one_camera(photos):
+        return "SINGLE", "shared: every photo has the same size and EXIF camera"
+    return "AUTO", "photos grouped by size and EXIF camera"
+
+
 def run_job(photos_dir: str | Path, workspace_dir: str | Path, options: JobOptions, events: Events,
-            cancel: threading.Event | None = None, stages: tuple[str, ...] = SFM_STAGES) -> JobResult:
+            cancel: threading.Event | None = None, stages: tuple[str, ...] = STAGES) -> JobResult:
     """Run (or reuse) every stage up to the last one named in `stages`."""
     cancel = cancel or threading.Event()
     ws = Workspace(workspace_dir)
@@ -126,13 +136,17 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
     matcher, matcher_reason = choose_matcher(photos, sfm.matcher)
     events.log(f"matching: {matcher} ({matcher_reason})")
     first_octave = choose_first_octave(photos, sfm)
-    decided = {"features": {"first_octave": first_octave}, "matching": {"matcher": matcher}}
-    last = max(SFM_STAGES.index(s) for s in stages)
-    forced_from = SFM_STAGES.index(options.force) if options.force else None
+    camera_mode = choose_camera_mode(photos, sfm)
+    events.log(f"intrinsics: {camera_mode[1]}")
+    decided = {"features": {"first_octave": first_octave, "camera_mode": camera_mode[0]},
+               "matching": {"matcher": matcher}}
+    last = max(STAGES.index(s) for s in stages)
+    forced_from = STAGES.index(options.force) if options.force else None
     upstream = stable_hash(photos.fingerprint())
     ran: list[str] = []
-    for index, stage in enumerate(SFM_STAGES[:last + 1]):
-        digest = stable_hash(upstream, {k: getattr(sfm, k) for k in STAGE_OPTION_FIELDS[stage]},
+    for index, stage in enumerate(STAGES[:last + 1]):
+        group, names = STAGE_OPTIONS[stage]
+        digest = stable_hash(upstream, {k: getattr(getattr(options, group), k) for k in names},
                              decided.get(stage, {}))
         record = job["stages"].get(stage, {})
         output = ws.stage_output(stage)
@@ -149,7 +163,7 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
         events.progress(stage, 0.0, "starting")
         started = time.perf_counter()
         try:
-            result = _STAGES[stage](ws, photos, sfm, decided, worker, events, cancel, job)
+            result = _STAGES[stage](ws, photos, options, decided, worker, events, cancel, job)
         except Cancelled:
             job["stages"][stage]["state"] = "cancelled"
             ws.save_job(job)
@@ -166,8 +180,10 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
         upstream = stable_hash(digest, job["stages"][stage]["finished"])
         ran.append(stage)
         events.progress(stage, 1.0, "done")
-    summary = write_summary(ws, job, photos, matcher, first_octave)
-    artifacts = {name: str(ws.stage_output(name)) for name in SFM_STAGES[:last + 1]}
+    summary = write_summary(ws, job, photos, matcher, first_octave, camera_mode[0], STAGES[:last + 1])
+    artifacts = {name: str(ws.stage_output(name)) for name in STAGES[:last + 1]}
+    if "mesh" in artifacts:
+        artifacts.update(mesh=str(ws.mesh_dir / "mesh.ply"), mesh_glb=str(ws.mesh_dir / "mesh.glb"))
     artifacts["summary"] = str(ws.summary_file)
     return JobResult(ws.root, summary, artifacts, ran)
 
@@ -187,7 +203,8 @@ def _poll_rows(database: Path, table: str, total: int, stage: str, what: str, ev
     return poll
 
 
-def _features(ws, photos, sfm, decided, worker, events, cancel, job):
+def _features(ws, photos, options, decided, worker, events, cancel, job):
+    sfm = options.sfm
     tmp = ws.temp_for(ws.features_db)
     result = worker.call("features", {"database": str(tmp), "image_dir": str(photos.folder),
                                       "names": photos.names, "opts": asdict(sfm), **decided["features"]},
@@ -207,7 +224,8 @@ def _features(ws, photos, sfm, decided, worker, events, cancel, job):
     return result
 
 
-def _matching(ws, photos, sfm, decided, worker, events, cancel, job):
+def _matching(ws, photos, options, decided, worker, events, cancel, job):
+    sfm = options.sfm
     matcher = decided["matching"]["matcher"]
     tmp = ws.temp_for(ws.database)
     shutil.copyfile(ws.features_db, tmp)
@@ -229,7 +247,8 @@ def _matching(ws, photos, sfm, decided, worker, events, cancel, job):
     return result
 
 
-def _mapping(ws, photos, sfm, decided, worker, events, cancel, job):
+def _mapping(ws, photos, options, decided, worker, events, cancel, job):
+    sfm = options.sfm
     matcher = decided["matching"]["matcher"]
     tmp = ws.temp_for(ws.model)
     n = job["stages"]["features"]["result"]["num_images"]
@@ -255,7 +274,8 @@ def _mapping(ws, photos, sfm, decided, worker, events, cancel, job):
     return result
 
 
-def _undistort(ws, photos, sfm, decided, worker, events, cancel, job):
+def _undistort(ws, photos, options, decided, worker, events, cancel, job):
+    sfm = options.sfm
     tmp = ws.temp_for(ws.undistorted)
     result = worker.call("undistort", {"model_dir": str(ws.model), "image_dir": str(photos.folder),
                                        "out_dir": str(tmp), "opts": asdict(sfm)},
@@ -264,11 +284,51 @@ def _undistort(ws, photos, sfm, decided, worker, events, cancel, job):
     return result
 
 
-_STAGES = {"features": _features, "matching": _matching, "mapping": _mapping, "undistort": _undistort}
+def _mvs(ws, photos, options, decided, worker, events, cancel, job):
+    # Depth maps survive a cancel: the next run with the same inputs keeps them.
+    partial = ws.partial_for(ws.stereo, job["stages"]["mvs"]["hash"])
+    result = worker.call("mvs", {"undistorted": str(ws.undistorted), "out_dir": str(partial),
+                                 "opts": asdict(options.dense)},
+                         progress=lambda f, m: events.progress("mvs", f, m), cancel=cancel)
+    ws.commit_partial(partial, ws.stereo)
+    return result
 
 
-def write_summary(ws: Workspace, job: dict, photos: PhotoSet, matcher: str, first_octave: int) -> dict:
-    stages = job["stages"]
+def _fusion(ws, photos, options, decided, worker, events, cancel, job):
+    tmp = ws.temp_for(ws.fused)
+    result = worker.call("fusion", {"undistorted": str(ws.undistorted), "stereo": str(ws.stereo),
+                                    "out_ply": str(tmp), "opts": asdict(options.dense)},
+                         progress=lambda f, m: events.progress("fusion", f, m), cancel=cancel)
+    if result["num_points"] < 100:
+        remove(tmp)
+        raise ReconstructError(
+            ErrorCode.COULD_NOT_RECONSTRUCT,
+            f"Dense stereo found only {result['num_points']} points that several photos agree on.",
+            "Check that the region of interest covers the subject; textureless, shiny or moving surfaces "
+            "cannot be matched. Lowering min_consistent or raising the image size may help.", result)
+    ws.commit(tmp, ws.fused)
+    return result
+
+
+def _mesh(ws, photos, options, decided, worker, events, cancel, job):
+    tmp = ws.temp_for(ws.mesh_dir)
+    tmp.mkdir()
+    roi = job["stages"]["fusion"]["result"]["roi"]
+    result = worker.call("mesh", {"fused": str(ws.fused), "out_dir": str(tmp), "roi": roi,
+                                  "opts": asdict(options.dense)},
+                         progress=lambda f, m: events.progress("mesh", f, m), cancel=cancel)
+    ws.commit(tmp, ws.mesh_dir)
+    return result
+
+
+_STAGES = {"features": _features, "matching": _matching, "mapping": _mapping, "undistort": _undistort,
+           "mvs": _mvs, "fusion": _fusion, "mesh": _mesh}
+
+
+def write_summary(ws: Workspace, job: dict, photos: PhotoSet, matcher: str, first_octave: int,
+                  camera_mode: str, run_stages: tuple[str, ...]) -> dict:
+    # Records of stages this run did not reach may describe an older upstream.
+    stages = {name: rec for name, rec in job["stages"].items() if name in run_stages}
     mapping = stages.get("mapping", {}).get("result", {})
     features = stages.get("features", {}).get("result", {})
     registered = mapping.get("registered", [])
@@ -287,11 +347,23 @@ def write_summary(ws: Workspace, job: dict, photos: PhotoSet, matcher: str, firs
         "focal_from_exif": features.get("exif_focal", []),
         "matcher": matcher,
         "sift_first_octave": first_octave,
+        "camera_mode": camera_mode,
         "mapper": job["options"]["sfm"]["mapper"],
         "stage_seconds": {name: rec.get("seconds") for name, rec in stages.items() if rec.get("state") == "done"},
-        "device": {"feature_extraction": features.get("device", "cpu")},
+        "device": {"feature_extraction": features.get("device", "cpu"),
+                   "mvs": stages.get("mvs", {}).get("result", {}).get("device")},
+        "dense": _dense_summary(stages),
         "versions": package_versions(),
         "options": job["options"],
     }
     write_json_atomic(ws.summary_file, summary)
     return summary
+
+
+def _dense_summary(stages: dict) -> dict:
+    mvs, fusion, mesh = (stages.get(s, {}).get("result", {}) for s in ("mvs", "fusion", "mesh"))
+    return {"depth_maps": mvs.get("num_depth_maps"), "depth_map_size": mvs.get("size"),
+            "seconds_per_megapixel": mvs.get("seconds_per_megapixel"), "peak_rss_mb": mvs.get("peak_rss_mb"),
+            "dense_points": fusion.get("num_points"), "roi": fusion.get("roi") or mvs.get("roi"),
+            "mesh_faces": mesh.get("num_faces"), "mesh_vertices": mesh.get("num_vertices"),
+            "mesh_watertight": mesh.get("watertight")}

@@ -89,18 +89,18 @@ class Server:
         self._job_thread.start()
 
     def _run_job(self, msg: dict, cancel: threading.Event) -> None:
-        from backend.options import SFM_STAGES, JobOptions
+        from backend.options import STAGES, JobOptions
         from backend.pipeline import run_job
 
         job = msg.get("job")
         events = _ProtocolEvents(self, job)
         try:
             options = JobOptions.from_dict(msg.get("options") or {})
-            stages = tuple(msg.get("stages") or SFM_STAGES)
-            unknown = set(stages) - set(SFM_STAGES)
+            stages = tuple(msg.get("stages") or STAGES)
+            unknown = set(stages) - set(STAGES)
             if unknown:
                 raise ReconstructError(ErrorCode.BAD_OPTIONS, f"Unknown stage(s): {', '.join(sorted(unknown))}.",
-                                       f"Stages: {', '.join(SFM_STAGES)}.")
+                                       f"Stages: {', '.join(STAGES)}.")
             result = run_job(msg["photos"], msg["workspace"], options, events, cancel, stages)
             final = (protocol.RESULT, dict(workspace=str(result.workspace), artifacts=result.artifacts,
                                            summary=result.summary, ran=result.ran))

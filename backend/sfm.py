@@ -50,7 +50,7 @@ def seal_database(database: Path) -> None:
 
 
 def extract_features(database: Path, image_dir: Path, names: list[str], opts: SfmOptions,
-                     first_octave: int = -1) -> dict:
+                     first_octave: int = -1, camera_mode: str = "AUTO") -> dict:
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = opts.camera_model
     extraction = pycolmap.FeatureExtractionOptions()
@@ -61,7 +61,7 @@ def extract_features(database: Path, image_dir: Path, names: list[str], opts: Sf
     extraction.use_gpu = _device(opts) == pycolmap.Device.cuda
     pycolmap.extract_features(
         database, image_dir, image_names=names,
-        camera_mode=pycolmap.CameraMode.SINGLE if opts.single_camera else pycolmap.CameraMode.AUTO,
+        camera_mode=getattr(pycolmap.CameraMode, camera_mode),
         reader_options=reader, extraction_options=extraction, device=_device(opts))
     with pycolmap.Database.open(database) as db:
         images = db.read_all_images()

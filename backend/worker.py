@@ -42,17 +42,20 @@ def die_with_parent() -> None:
 
 
 def _call(fn: str, args: dict, send) -> dict:
-    from backend import sfm
-    from backend.options import SfmOptions
-
-    opts = SfmOptions(**args["opts"])
+    from backend.options import DenseOptions, SfmOptions
 
     def progress(fraction: float, text: str) -> None:
         send(protocol.message("progress", fraction=float(fraction), message=text))
 
+    if fn in ("mvs", "fusion", "mesh"):
+        return _dense(fn, args, DenseOptions(**args["opts"]), progress)
+    from backend import sfm
+
+    opts = SfmOptions(**args["opts"])
+
     if fn == "features":
         return sfm.extract_features(Path(args["database"]), Path(args["image_dir"]), args["names"], opts,
-                                    args["first_octave"])
+                                    args["first_octave"], args["camera_mode"])
     if fn == "matching":
         return sfm.match(Path(args["database"]), args["matcher"], opts)
     if fn == "mapping":
@@ -61,6 +64,21 @@ def _call(fn: str, args: dict, send) -> dict:
     if fn == "undistort":
         return sfm.undistort(Path(args["model_dir"]), Path(args["image_dir"]), Path(args["out_dir"]), opts)
     raise ReconstructError(ErrorCode.BAD_REQUEST, f"the worker has no step named {fn!r}")
+
+
+def _dense(fn: str, args: dict, opts, progress) -> dict:
+    if fn == "mvs":
+        from backend.mvs import run_mvs
+
+        return run_mvs(Path(args["undistorted"]), Path(args["out_dir"]), opts, progress)
+    if fn == "fusion":
+        from backend.fusion import fuse
+
+        return fuse(Path(args["undistorted"]), Path(args["stereo"]), Path(args["out_ply"]), opts, progress)
+    from backend.meshing import mesh_points
+    from backend.roi import Box
+
+    return mesh_points(Path(args["fused"]), Path(args["out_dir"]), opts, Box.from_dict(args["roi"]), progress)
 
 
 def main() -> int:

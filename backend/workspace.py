@@ -17,6 +17,7 @@ from pathlib import Path
 from backend.errors import ErrorCode, ReconstructError
 
 JOB_FORMAT = 1
+_PARTIAL_MARKER = ".stage-hash"
 
 
 class Workspace:
@@ -38,11 +39,18 @@ class Workspace:
     @property
     def undistorted(self) -> Path: return self.root / "undistorted"
     @property
+    def stereo(self) -> Path: return self.root / "dense" / "stereo"
+    @property
+    def fused(self) -> Path: return self.root / "dense" / "fused.ply"
+    @property
+    def mesh_dir(self) -> Path: return self.root / "mesh"
+    @property
     def log_file(self) -> Path: return self.root / "logs" / "worker.log"
 
     def stage_output(self, stage: str) -> Path:
         return {"features": self.features_db, "matching": self.database, "mapping": self.model,
-                "undistort": self.undistorted}[stage]
+                "undistort": self.undistorted, "mvs": self.stereo, "fusion": self.fused,
+                "mesh": self.mesh_dir}[stage]
 
     def open(self) -> "Workspace":
         """Create the folder if needed, check it is writable, and lock it so
@@ -88,6 +96,22 @@ class Workspace:
             remove(leftover)
         tmp.parent.mkdir(parents=True, exist_ok=True)
         return tmp
+
+    def partial_for(self, output: Path, digest: str) -> Path:
+        """A folder beside `output` that keeps its contents across runs with
+        the same input hash `digest` (finished parts of a cancelled stage),
+        and is emptied for any other."""
+        partial = output.with_name(output.name + ".partial")
+        marker = partial / _PARTIAL_MARKER
+        if partial.exists() and not (marker.is_file() and marker.read_text() == digest):
+            remove(partial)
+        partial.mkdir(parents=True, exist_ok=True)
+        marker.write_text(digest)
+        return partial
+
+    def commit_partial(self, partial: Path, output: Path) -> None:
+        remove(partial / _PARTIAL_MARKER)
+        self.commit(partial, output)
 
     @staticmethod
     def commit(tmp: Path, output: Path) -> None:

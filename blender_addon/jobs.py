@@ -77,14 +77,16 @@ class Runner:
         name = settings.job_name or Path(photos.rstrip("/\\")).name or "reconstruction"
         workspace = preferences.workspace_root(context) / bpy.path.clean_name(name)
         prefs = preferences.get(context)
+        dense = dense_options(settings, prefs.device)  # a bad region is refused before anything starts
         client = self.ensure_backend(context)
         self.job_id = uuid.uuid4().hex[:12]
         self.scene_name = context.scene.name
         self.result = None
         self.tick_durations = []
         request = {"job": self.job_id, "photos": photos, "workspace": str(workspace),
-                   "options": {"quality": settings.quality, "sfm": {"device": prefs.device}},
-                   "stages": ["features", "matching", "mapping", "undistort"]}
+                   "options": {"quality": settings.quality, "sfm": {"device": prefs.device},
+                               "dense": dense},
+                   "stages": [last_stage(settings)]}
         if client.handshake is not None:
             client.send(protocol.RUN, **request)
         else:
@@ -95,6 +97,12 @@ class Runner:
         settings.job_name = settings.job_name or name
         _schedule()
         return self.job_id
+
+    def parts(self) -> tuple[str, ...]:
+        """What to import from the finished workspace: what the user asked for."""
+        settings = self._settings()
+        chosen = {"dense": settings.stage_dense, "mesh": settings.stage_mesh}
+        return ("cameras", "sparse", *(part for part, on in chosen.items() if on))
 
     def cancel(self) -> None:
         if self.client is not None and self.job_id is not None:
@@ -158,15 +166,20 @@ class Runner:
         result, self.result = self.result, None
         try:
             collection = import_workspace(Path(result["workspace"]), settings.job_name or "reconstruction",
-                                          bpy.data.scenes[self.scene_name], point_size=settings.point_size)
+                                          bpy.data.scenes[self.scene_name], point_size=settings.point_size,
+                                          parts=self.parts())
         except Exception as exc:  # an import that fails must not leave the panel spinning
             self._finish("ERROR", error=f"The result could not be imported: {exc}",
                          hint=f"The workspace is intact: File > Import > COLMAP Model can read {result['workspace']}.")
             return
         summary = result.get("summary", {})
+        dense = summary.get("dense") or {}
+        extra = "".join(f", {dense[key]} {what}" for key, what in (("dense_points", "dense points"),
+                                                                   ("mesh_faces", "mesh faces"))
+                        if dense.get(key) is not None)
         self._finish("DONE", progress=1.0, collection=collection.name,
                      message=f"{summary.get('registered_images', '?')}/{summary.get('total_images', '?')} photos "
-                             f"registered, {summary.get('num_points', 0)} points")
+                             f"registered, {summary.get('num_points', 0)} points{extra}")
 
     def tick(self) -> float | None:
         started = time.perf_counter()
@@ -191,6 +204,23 @@ class Runner:
 
 
 runner = Runner()
+
+
+def last_stage(settings) -> str:
+    """The backend runs every stage up to this one."""
+    return "mesh" if settings.stage_mesh else "fusion" if settings.stage_dense else "undistort"
+
+
+def dense_options(settings, device: str) -> dict:
+    options = {"device": {"gpu": "cuda"}.get(device, device)}
+    if settings.roi_object is not None:
+        from .roi import object_box
+
+        try:
+            options["roi"] = object_box(settings.roi_object)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    return options
 
 
 def _tick() -> float | None:

@@ -33,10 +33,14 @@ class VIEW3D_PT_reconstruct(bpy.types.Panel):
         box = col.box()
         box.label(text="Stages")
         box.prop(s, "stage_cameras")
-        for name in ("stage_dense", "stage_mesh", "stage_splats"):
-            row = box.row()
-            row.enabled = False
-            row.prop(s, name, text=f"{s.bl_rna.properties[name].name} (not yet available)")
+        box.prop(s, "stage_dense")
+        box.prop(s, "stage_mesh")
+        row = box.row()
+        row.enabled = False
+        row.prop(s, "stage_splats", text="Gaussian Splats (not yet available)")
+        row = col.row()
+        row.active = s.stage_dense or s.stage_mesh
+        row.prop(s, "roi_object", icon="CUBE")
         col.prop(s, "point_size")
         row = layout.row(align=True)
         row.scale_y = 1.4

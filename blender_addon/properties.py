@@ -6,9 +6,9 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
                        StringProperty)
 
 QUALITY_ITEMS = [
-    ("fast", "Fast", "Features at 1024 px, 4k per photo: quick previews"),
-    ("balanced", "Balanced", "Features at 2000 px, 8k per photo"),
-    ("high", "High", "Features at 3200 px, 16k per photo: slow, most accurate"),
+    ("fast", "Fast", "Features at 1024 px, 4k per photo; depth at 800 px; 100k-face mesh: quick previews"),
+    ("balanced", "Balanced", "Features at 2000 px, 8k per photo; depth at 1600 px; 300k-face mesh"),
+    ("high", "High", "Features at 3200 px, 16k per photo; depth at 3200 px; 1M-face mesh: slow, most accurate"),
 ]
 STATE_ITEMS = [(s, s.title(), "") for s in ("IDLE", "STARTING", "RUNNING", "IMPORTING", "DONE", "CANCELLED", "ERROR")]
 
@@ -26,8 +26,15 @@ class ReconstructSettings(bpy.types.PropertyGroup):
     quality: EnumProperty(name="Quality", items=QUALITY_ITEMS, default="balanced")
     stage_cameras: BoolProperty(name="Cameras & Sparse Points", default=True,
                                 description="Structure-from-Motion: calibrated cameras and a sparse point cloud")
-    stage_dense: BoolProperty(name="Dense Points", default=False, description="Not yet available")
-    stage_mesh: BoolProperty(name="Mesh", default=False, description="Not yet available")
+    stage_dense: BoolProperty(name="Dense Points", default=True,
+                              description="Multi-view stereo: a depth map per photo, fused into a dense colored "
+                                          "point cloud")
+    stage_mesh: BoolProperty(name="Mesh", default=True,
+                             description="An editable mesh with vertex colors, meshed from the dense points")
+    roi_object: PointerProperty(name="Region", type=bpy.types.Object,
+                                description="Only reconstruct inside this object's bounding box (any object: "
+                                            "a cube scaled around the subject, an empty, ...). Empty: "
+                                            "the bounds of the sparse points")
     stage_splats: BoolProperty(name="Gaussian Splats", default=False, description="Not yet available")
     point_size: FloatProperty(name="Point Size", default=0.01, min=0.0001, soft_max=0.2, precision=4,
                               description="Radius of the imported points")

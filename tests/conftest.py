@@ -50,8 +50,8 @@ def temple() -> Path:
 
 @pytest.fixture(scope="session")
 def temple_run(temple, tmp_path_factory) -> Path:
-    """One full run on the temple set (640x480, incremental, defaults),
-    shared by tests that only read its workspace."""
+    """One full run on the temple set (640x480, incremental, defaults: every
+    stage through the mesh), shared by tests that only read its workspace."""
     ws = tmp_path_factory.mktemp("temple") / "ws"
     run_backend("run", temple / "images", "--workspace", ws, check=True)
     return ws
@@ -72,9 +72,20 @@ def fountain() -> Path:
 
 @pytest.fixture(scope="session")
 def fountain_run(fountain, tmp_path_factory) -> Path:
-    """fountain-P11 with SIFT at 1000 px (photos are 3072x2048) and undistorted
-    images at 1000 px: the size the tests use for speed."""
+    """fountain-P11 cameras with SIFT at 1000 px (photos are 3072x2048) and
+    undistorted images at 1000 px: the size the tests use for speed."""
     ws = tmp_path_factory.mktemp("fountain") / "ws"
     run_backend("run", fountain / "images", "--workspace", ws, "--max-image-size", "1000",
-                "--undistort-max-size", "1000", check=True)
+                "--undistort-max-size", "1000", "--stages", "undistort", check=True)
     return ws
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """`python -m backend demo`, once per session: the synthetic scene (ground
+    truth known) through every stage. The rendered scene is cached between
+    local runs (CI starts clean and renders it once); the reconstruction
+    always runs from scratch."""
+    out = tmp_path_factory.mktemp("demo") / "demo"
+    proc = run_backend("demo", "--out", out, "--scene", CACHE / "synthetic-scene", check=True)
+    return out, proc

@@ -29,10 +29,11 @@ def jobs(tmp_path):
     disable_addon()
 
 
-def _reconstruct(photos: Path, quality: str = "fast"):
+def _reconstruct(photos: Path, quality: str = "fast", dense: bool = True):
     settings = bpy.context.scene.reconstruct
     settings.photos_dir = str(photos)
     settings.quality = quality
+    settings.stage_dense = settings.stage_mesh = dense
     assert bpy.ops.reconstruct.run() == {"FINISHED"}
     return settings
 
@@ -41,12 +42,13 @@ def _our_cameras(collection):
     return [o for o in collection.objects if o.type == "CAMERA"]
 
 
-def test_photos_become_cameras_and_colored_points_while_blender_stays_responsive(jobs):
+def test_photos_become_cameras_points_and_a_mesh_while_blender_stays_responsive(jobs):
     sceaux = dataset("sceaux_castle")
-    settings = _reconstruct(sceaux / "images")  # 'fast': SIFT at 1024 px
+    settings = _reconstruct(sceaux / "images")  # 'fast': SIFT at 1024 px, depth at 800 px, 100k faces
     drive(jobs, lambda: settings.state in ("DONE", "ERROR", "CANCELLED"))
     assert settings.state == "DONE", f"{settings.error} {settings.hint}"
     assert settings.message.startswith("11/11 photos registered")
+    assert "dense points" in settings.message and "mesh faces" in settings.message
     collection = bpy.data.collections[settings.collection]
     assert collection.name == "images"  # named after the job (the photo folder)
     cameras = _our_cameras(collection)
@@ -57,9 +59,12 @@ def test_photos_become_cameras_and_colored_points_while_blender_stays_responsive
         photo = Path(bpy.path.abspath(backgrounds[0].image.filepath))
         assert photo.exists() and "undistorted" in photo.parts  # the undistorted photo
         assert tuple(cam["reconstruct_resolution"]) == tuple(backgrounds[0].image.size)
-    points = [o for o in collection.objects if o.type == "MESH"]
-    assert len(points) == 1 and len(points[0].data.vertices) > 1000
-    assert points[0].data.color_attributes, "the point cloud has no colors"
+    meshes = {o.name: o for o in collection.objects if o.type == "MESH"}
+    assert sorted(meshes) == ["images dense points", "images mesh", "images sparse points"]
+    assert len(meshes["images sparse points"].data.vertices) > 1000
+    assert len(meshes["images dense points"].data.vertices) > 10 * len(meshes["images sparse points"].data.vertices)
+    assert 1000 < len(meshes["images mesh"].data.polygons) <= 100_000  # the 'fast' face budget
+    assert all(o.data.color_attributes for o in meshes.values()), "a cloud or the mesh has no colors"
     # The timer callback never held Blender's main thread for more than 20 ms while the job ran.
     ticks = jobs.runner.tick_durations
     assert len(ticks) > 20
@@ -70,7 +75,7 @@ def test_synthetic_scene_cameras_match_the_ground_truth(jobs):
     from backend.synthetic_scene import SceneParams, ensure_scene
 
     scene_dir = ensure_scene(CACHE / "synthetic-scene", SceneParams())
-    settings = _reconstruct(scene_dir / "images", quality="balanced")
+    settings = _reconstruct(scene_dir / "images", quality="balanced", dense=False)
     drive(jobs, lambda: settings.state in ("DONE", "ERROR", "CANCELLED"))
     assert settings.state == "DONE", f"{settings.error} {settings.hint}"
     truth = read_model(scene_dir / "gt_colmap")

@@ -5,17 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import CACHE, read_json, run_backend
+from conftest import read_json
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    """`python -m backend demo`, once for this module. The rendered scene is
-    cached between local runs (CI starts clean and renders it once); the
-    reconstruction always runs from scratch."""
-    out = tmp_path_factory.mktemp("demo") / "demo"
-    proc = run_backend("demo", "--out", out, "--scene", CACHE / "synthetic-scene", check=True)
-    return out, proc
+def demo(demo_run):
+    return demo_run
 
 
 def test_demo_recovers_every_synthetic_camera(demo):
@@ -32,6 +27,14 @@ def test_demo_recovers_every_synthetic_camera(demo):
     assert report["mean_reprojection_error"] < 0.5
 
 
+def test_demo_reports_dense_points_and_mesh_against_the_true_surface(demo):
+    out, proc = demo
+    assert "dense F-score" in proc.stdout and "mean distance to the true surface" in proc.stdout
+    geometry = read_json(out / "report.json")["geometry"]
+    assert geometry["dense"]["f_score"] >= 0.8  # tests/test_dense.py checks the workspace itself
+    assert geometry["mesh"]["mean_distance_fraction"] < 0.01
+
+
 def test_demo_writes_a_blend_with_the_imported_cameras_and_points(demo):
     bpy = pytest.importorskip("bpy")
     out, _ = demo
@@ -43,5 +46,8 @@ def test_demo_writes_a_blend_with_the_imported_cameras_and_points(demo):
     clouds = [o for o in collection.objects if o.type == "MESH"]
     assert len(cameras) == 24
     assert all(cam.data.background_images[0].image for cam in cameras)
-    assert len(clouds) == 1 and len(clouds[0].data.vertices) > 1000
+    names = sorted(o.name for o in clouds)
+    assert names == ["demo dense points", "demo mesh", "demo sparse points"]
+    assert all(len(o.data.vertices) > 1000 for o in clouds)
+    assert len(bpy.data.objects["demo mesh"].data.polygons) > 10000
     bpy.ops.wm.read_factory_settings(use_empty=True)

@@ -39,17 +39,18 @@ def test_second_identical_run_does_no_stage_work(temple, temple_run, tmp_path):
 def test_changing_an_option_reruns_only_the_stages_it_affects(temple, temple_run, tmp_path):
     ws = _fork(temple_run, tmp_path)
     before = _finished(ws)
-    proc = run_backend("run", temple / "images", "--workspace", ws, "--undistort-max-size", "320", check=True)
+    proc = run_backend("run", temple / "images", "--workspace", ws, "--undistort-max-size", "320",
+                       "--stages", "undistort", check=True)
     assert "ran: undistort\n" in proc.stdout
     after = _finished(ws)
     assert {k for k in after if after[k] != before[k]} == {"undistort"}
     assert read_json(ws / "job.json")["stages"]["undistort"]["result"]["max_size"] == 320
 
     proc = run_backend("run", temple / "images", "--workspace", ws, "--undistort-max-size", "320",
-                       "--mapper", "global", check=True)
+                       "--mapper", "global", "--stages", "undistort", check=True)
     assert "ran: mapping, undistort\n" in proc.stdout
     proc = run_backend("run", temple / "images", "--workspace", ws, "--undistort-max-size", "320",
-                       "--mapper", "global", "--force", "matching", check=True)
+                       "--mapper", "global", "--force", "matching", "--stages", "undistort", check=True)
     assert "ran: matching, mapping, undistort\n" in proc.stdout
     assert _finished(ws)["features"] == before["features"]
 
@@ -70,7 +71,8 @@ def _gone(pid: int) -> bool:
 
 def test_run_killed_during_matching_resumes_to_a_valid_model(temple, tmp_path):
     ws = tmp_path / "ws"
-    proc = subprocess.Popen([sys.executable, "-m", "backend", "run", str(temple / "images"), "--workspace", str(ws)],
+    proc = subprocess.Popen([sys.executable, "-m", "backend", "run", str(temple / "images"), "--workspace", str(ws),
+                             "--stages", "undistort"],
                             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     worker = None
     for line in proc.stderr:
@@ -88,7 +90,7 @@ def test_run_killed_during_matching_resumes_to_a_valid_model(temple, tmp_path):
         time.sleep(0.1)
     assert all(_gone(pid) for pid in worker), "the stage worker outlived the killed run"
 
-    rerun = run_backend("run", temple / "images", "--workspace", ws, check=True)
+    rerun = run_backend("run", temple / "images", "--workspace", ws, "--stages", "undistort", check=True)
     assert "ran: matching, mapping, undistort\n" in rerun.stdout  # features were kept
     rec = pycolmap.Reconstruction(str(ws / "sparse" / "model"))
     assert rec.num_reg_images() >= 13 and rec.num_points3D() > 500

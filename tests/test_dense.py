@@ -1,0 +1,183 @@
+"""Cameras become surfaces: depth maps, a fused dense cloud and a trimmed,
+colored mesh that lie on the true surface, stay inside the subject, and
+survive a cancel without losing finished depth maps."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from backend.evaluate import align_to_ground_truth, dense_scores, evaluate_synthetic, sample_surface
+from backend.options import JobOptions
+from backend.roi import Box
+from blender_addon import protocol
+from blender_addon.ply_io import read_ply, write_ply
+from conftest import CACHE, read_json, run_backend
+from test_protocol import Backend
+
+# templeSparseRing's README: a tight bounding box of the object, in the ground truth's frame (metres).
+TEMPLE_BOX = (np.array([-0.073568, 0.021728, -0.012445]), np.array([0.028855, 0.181892, 0.062736]))
+
+
+@pytest.fixture(scope="module")
+def synthetic(demo_run):
+    """The demo's workspace scored against the synthetic scene's true surface."""
+    out, _ = demo_run
+    return evaluate_synthetic(out / "workspace", CACHE / "synthetic-scene")
+
+
+def test_dense_points_lie_on_the_true_surface_and_cover_it(synthetic):
+    """Acceptance 1: F-score at 1% of the object's diagonal (measured 0.955:
+    accuracy 0.9999, completeness 0.914 on 2 CPU cores)."""
+    dense = synthetic["dense"]
+    assert dense["num_points"] > 100_000
+    assert dense["f_score"] >= 0.8, dense
+    assert dense["accuracy"] >= 0.9 and dense["completeness"] >= 0.7, dense
+
+
+def test_mesh_lies_on_the_true_surface_with_nothing_floating(synthetic, demo_run):
+    """Acceptance 2: mean distance under 1% of the diagonal (measured 0.10%),
+    no face far from the true scene, and only large connected pieces."""
+    from backend.meshing import MIN_PIECE, _face_pieces
+
+    mesh = synthetic["mesh"]
+    assert mesh["mean_distance_fraction"] < 0.01, mesh
+    assert mesh["max_distance_fraction"] < 0.05, mesh  # farthest mesh point from the truth (measured 2.5%)
+    ply = read_ply(demo_run[0] / "workspace" / "mesh" / "mesh.ply")
+    sizes = np.bincount(_face_pieces(ply.faces, len(ply.vertices)))
+    assert sizes.min() >= MIN_PIECE * len(ply.faces), "a small piece floats apart from the surface"
+    summary = read_json(demo_run[0] / "workspace" / "summary.json")["dense"]
+    assert summary["mesh_faces"] == len(ply.faces) <= 300_000  # the balanced preset's face budget
+
+
+def test_scores_fall_apart_for_points_off_the_surface():
+    """The metric itself: a perfect cloud scores 1, one shifted by twice the threshold 0."""
+    rng = np.random.default_rng(0)
+    square = np.array([[0, 0, 0], [1, 0, 0], [1, 1, 0], [0, 1, 0]], float)
+    truth = sample_surface(square, np.array([[0, 1, 2], [0, 2, 3]]), 0.005)
+    points = truth[rng.choice(len(truth), 5000)]
+    assert dense_scores(points, truth, 0.02).f_score > 0.99
+    assert dense_scores(points + [0, 0, 0.04], truth, 0.02).f_score == 0.0
+
+
+def test_temple_dense_cloud_lies_inside_the_ground_truth_box(temple, temple_run):
+    """Acceptance 3: after aligning our cameras to the ground truth's, at
+    least 95% of the dense points lie in the object's box (measured 97.9%)."""
+    sim = align_to_ground_truth(temple_run / "sparse" / "model", temple / "gt_colmap")
+    points = sim.apply(read_ply(temple_run / "dense" / "fused.ply").column("x", "y", "z", dtype=np.float64))
+    lo, hi = TEMPLE_BOX
+    inside = np.all((points >= lo) & (points <= hi), axis=1)
+    assert len(points) > 50_000
+    assert inside.mean() >= 0.95, f"{100 * inside.mean():.1f}% of {len(points)} points inside"
+    mesh = read_ply(temple_run / "mesh" / "mesh.ply")
+    assert len(mesh.faces) > 10_000 and mesh.has("red", "green", "blue")
+    assert (temple_run / "mesh" / "mesh.glb").stat().st_size > 0
+
+
+def test_depth_maps_are_colmap_files_with_normals(temple_run):
+    from backend.mvs import read_colmap_array
+
+    stereo = temple_run / "dense" / "stereo"
+    depth_maps = sorted((stereo / "depth_maps").glob("*.photometric.bin"))
+    assert len(depth_maps) == read_json(temple_run / "summary.json")["registered_images"]
+    depth = read_colmap_array(depth_maps[0])
+    normals = read_colmap_array(stereo / "normal_maps" / depth_maps[0].name)
+    assert depth_maps[0].read_bytes().startswith(f"{depth.shape[1]}&{depth.shape[0]}&1&".encode())
+    assert normals.shape == (*depth.shape, 3)
+    valid = depth > 0
+    assert valid.mean() > 0.1
+    assert np.allclose(np.linalg.norm(normals[valid & (np.abs(normals).sum(-1) > 0)], axis=-1), 1, atol=1e-3)
+
+
+def test_a_region_of_interest_keeps_the_cloud_inside_it(temple, temple_run, tmp_path):
+    """A box around half of the temple (the add-on sends an object's bounds
+    the same way): fusion and meshing stay inside it."""
+    ws = tmp_path / "ws"
+    shutil.copytree(temple_run, ws)
+    full = read_ply(ws / "dense" / "fused.ply").column("x", "y", "z", dtype=np.float64)
+    lo, hi = np.percentile(full, 5, axis=0), np.percentile(full, 95, axis=0)
+    hi[0] = (lo[0] + hi[0]) / 2
+    angle = np.radians(10)
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    roi = Box((lo + hi) / 2, rotation, (hi - lo) / 2)
+    run_backend("run", temple / "images", "--workspace", ws, "--roi",
+                '{"center": %s, "half_size": %s, "rotation": %s}' % (list(roi.center), list(roi.half_size),
+                                                                    rotation.tolist()), check=True)
+    cropped = read_ply(ws / "dense" / "fused.ply").column("x", "y", "z", dtype=np.float64)
+    assert 1000 < len(cropped) < 0.7 * len(full)
+    assert roi.contains(cropped).all()
+    mesh = read_ply(ws / "mesh" / "mesh.ply").column("x", "y", "z", dtype=np.float64)
+    assert roi.contains(mesh).mean() > 0.99  # decimation may move a vertex a hair
+    assert Box.from_dict(read_json(ws / "summary.json")["dense"]["roi"]).half_size == pytest.approx(roi.half_size)
+
+
+def test_a_box_without_volume_is_refused_with_a_reason(temple, tmp_path):
+    with pytest.raises(Exception, match="not a box"):
+        JobOptions.from_dict({"dense": {"roi": {"center": [0, 0]}}})
+    proc = run_backend("run", temple / "images", "--workspace", tmp_path / "ws", "--roi", "0,0,0,1,0,1")
+    assert proc.returncode == 2
+    assert "region of interest has no volume" in proc.stderr
+    assert "half sizes must be positive" in proc.stderr
+    assert not (tmp_path / "ws").exists()
+
+
+def test_cancel_during_mvs_returns_within_5s_and_keeps_finished_depth_maps(temple, temple_run, tmp_path):
+    """Acceptance 5: cancel lands within 5 s; the next run computes only the
+    depth maps that were not finished."""
+    ws = tmp_path / "ws"
+    shutil.copytree(temple_run, ws)
+    backend = Backend(tmp_path)
+    try:
+        backend.handshake()
+        backend.send(protocol.RUN, job="d", photos=str(temple / "images"), workspace=str(ws),
+                     options={"force": "mvs"})
+        while True:  # wait until a few depth maps are done
+            event = backend.next()
+            assert event["type"] in (protocol.PROGRESS, protocol.LOG, protocol.WARNING), event
+            if event["type"] == protocol.PROGRESS and event["stage"] == "mvs" and event["fraction"] > 0.3:
+                break
+        backend.cancel_within("d", seconds=5.0)
+        assert read_json(ws / "job.json")["stages"]["mvs"]["state"] == "cancelled"
+        partial = ws / "dense" / "stereo.partial" / "depth_maps"
+        finished = {p.name: p.stat().st_mtime_ns for p in partial.glob("*.photometric.bin")}
+        total = read_json(ws / "summary.json")["registered_images"]
+        assert 0 < len(finished) < total
+
+        backend.send(protocol.RUN, job="d2", photos=str(temple / "images"), workspace=str(ws), options={})
+        result, _ = backend.until(protocol.RESULT, protocol.ERROR)
+    finally:
+        backend.close()
+    assert result["type"] == protocol.RESULT, result
+    assert result["ran"] == ["mvs", "fusion", "mesh"]
+    mvs = read_json(ws / "job.json")["stages"]["mvs"]["result"]
+    assert sorted(f"{n}.photometric.bin" for n in mvs["reused"]) == sorted(finished)
+    assert len(mvs["computed"]) == total - len(finished)
+    depth_maps = ws / "dense" / "stereo" / "depth_maps"
+    for name, mtime in finished.items():  # untouched, and moved into place with the rest
+        assert (depth_maps / name).stat().st_mtime_ns == mtime
+    assert not (ws / "dense" / "stereo.partial").exists()
+
+
+def test_ply_files_are_standard(tmp_path):
+    """What we write, plyfile (another implementation) reads, and back."""
+    plyfile = pytest.importorskip("plyfile")
+    xyz = np.random.default_rng(1).random((50, 3)).astype(np.float32)
+    rgb = (xyz * 255).astype(np.uint8)
+    faces = np.array([[0, 1, 2], [2, 3, 4]])
+    path = tmp_path / "m.ply"
+    write_ply(path, {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "red": rgb[:, 0], "green": rgb[:, 1],
+                     "blue": rgb[:, 2]}, faces)
+    theirs = plyfile.PlyData.read(str(path))
+    assert [p.name for p in theirs["vertex"].properties] == ["x", "y", "z", "red", "green", "blue"]
+    assert np.array_equal(theirs["vertex"]["red"], rgb[:, 0])
+    assert np.array_equal(np.stack(theirs["face"]["vertex_indices"]), faces)
+    ours = read_ply(path)
+    assert np.array_equal(ours.column("x", "y", "z"), xyz) and np.array_equal(ours.faces, faces)
+    # quads and ASCII from other tools: fanned into triangles
+    vertex = np.array([(0, 0, 0), (1, 0, 0), (1, 1, 0), (0, 1, 0)], [("x", "f4"), ("y", "f4"), ("z", "f4")])
+    face = np.array([([0, 1, 2, 3],)], [("vertex_indices", "i4", (4,))])
+    for text in (False, True):
+        plyfile.PlyData([plyfile.PlyElement.describe(vertex, "vertex"), plyfile.PlyElement.describe(face, "face")],
+                        text=text).write(str(path))
+        assert read_ply(path).faces.tolist() == [[0, 1, 2], [0, 2, 3]]
