@@ -72,7 +72,19 @@ def test_temple_dense_cloud_lies_inside_the_ground_truth_box(temple, temple_run)
     assert inside.mean() >= 0.95, f"{100 * inside.mean():.1f}% of {len(points)} points inside"
     mesh = read_ply(temple_run / "mesh" / "mesh.ply")
     assert len(mesh.faces) > 10_000 and mesh.has("red", "green", "blue")
-    assert (temple_run / "mesh" / "mesh.glb").stat().st_size > 0
+
+
+def test_the_mesh_is_also_a_glb_that_lands_beside_the_cameras(temple_run):
+    """glTF is +Y up: the GLB holds (x, z, -y), which Blender's glTF importer
+    turns back into our (x, y, z)."""
+    import trimesh
+
+    ply = read_ply(temple_run / "mesh" / "mesh.ply")
+    glb = trimesh.load(temple_run / "mesh" / "mesh.glb", force="mesh", process=False)
+    assert len(glb.faces) == len(ply.faces)
+    xyz = ply.column("x", "y", "z", dtype=np.float64)
+    assert np.allclose(glb.vertices, xyz[:, [0, 2, 1]] * [1, 1, -1], atol=1e-5)
+    assert np.array_equal(glb.visual.vertex_colors[:, :3], ply.column("red", "green", "blue", dtype=np.uint8))
 
 
 def test_depth_maps_are_colmap_files_with_normals(temple_run):

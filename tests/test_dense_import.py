@@ -100,3 +100,31 @@ def test_any_object_can_be_the_region_of_interest():
     bpy.ops.object.empty_add(location=(0, 0, 0))
     bpy.context.object.empty_display_size = 0.5
     assert Box.from_dict(object_box(bpy.context.object)).half_size == pytest.approx([0.5, 0.5, 0.5])
+
+
+def test_the_sidebar_sends_the_chosen_stages_and_region(tmp_path):
+    """What Reconstruct asks the backend for, from the sidebar's choices."""
+    import sys
+
+    from addon_helpers import disable_addon, fresh_blender_with_addon
+
+    jobs = fresh_blender_with_addon(sys.executable, str(tmp_path))
+    try:
+        settings = bpy.context.scene.reconstruct
+        assert settings.stage_dense and settings.stage_mesh  # on by default
+        assert jobs.last_stage(settings) == "mesh"
+        settings.stage_mesh = False
+        assert jobs.last_stage(settings) == "fusion"
+        settings.stage_dense = False
+        assert jobs.last_stage(settings) == "undistort"
+        assert jobs.dense_options(settings, "gpu") == {"device": "cuda"}
+        bpy.ops.mesh.primitive_cube_add(size=1.0, location=(0.5, 0, 0))
+        settings.roi_object = bpy.context.object
+        options = jobs.dense_options(settings, "cpu")
+        assert options["device"] == "cpu" and options["roi"]["center"] == pytest.approx([0.5, 0, 0])
+        bpy.context.object.scale = (1, 1, 0)  # a flat object has no volume to crop to
+        bpy.context.view_layer.update()
+        with pytest.raises(jobs.UserError, match="no volume"):
+            jobs.dense_options(settings, "cpu")
+    finally:
+        disable_addon()
