@@ -116,8 +116,38 @@ def _collection_name(folder: Path) -> str:
     return "/".join(parts)[-60:]
 
 
+class RECONSTRUCT_OT_import_splats(bpy.types.Operator, ImportHelper):
+    """Import Gaussian splats from a PLY in the standard 3D Gaussian Splatting layout (any tool's)"""
+
+    bl_idname = "reconstruct.import_splats"
+    bl_label = "Import Gaussian Splats"
+    bl_options = {"REGISTER", "UNDO"}
+
+    filename_ext = ".ply"
+    filter_glob: bpy.props.StringProperty(default="*.ply", options={"HIDDEN"})
+    density: bpy.props.FloatProperty(name="Density", default=1.0, min=0.0, max=1.0, subtype="FACTOR",
+                                     description="Fraction of the splats shown (lower it for large captures)")
+
+    def execute(self, context):
+        from .importers.splats import import_splats
+        from .ply_io import PlyError
+        from .splat_ply import read_splats
+
+        path = Path(self.filepath)
+        try:
+            splats = read_splats(path)
+        except (OSError, PlyError) as exc:
+            self.report({"ERROR"}, f"Cannot import {path.name}: {exc}")
+            return {"CANCELLED"}
+        obj = import_splats(path.stem, splats, context.collection, density=self.density)
+        self.report({"INFO"}, f"Imported {len(splats)} splats (spherical harmonics degree {splats.degree}) "
+                              f"as {obj.name!r}")
+        return {"FINISHED"}
+
+
 def menu_func_import(self, context):
     self.layout.operator(RECONSTRUCT_OT_import_colmap.bl_idname, text="COLMAP model (.bin/.txt)")
+    self.layout.operator(RECONSTRUCT_OT_import_splats.bl_idname, text="Gaussian splats (.ply)")
 
 
-classes = (RECONSTRUCT_OT_import_colmap,)
+classes = (RECONSTRUCT_OT_import_colmap, RECONSTRUCT_OT_import_splats)

@@ -1,0 +1,148 @@
+"""Gaussian splats: a splat_ply.Splats in, a Blender object that shows and renders them out.
+
+The object is a mesh of loose vertices (one per splat, bulk-filled) with the splats'
+attributes on the point domain: ``Color`` (scene-linear, from the degree-0 term),
+``opacity`` (0..1), ``scale`` (the Gaussian's standard deviations) and ``rotation``
+(a quaternion). A shared geometry nodes group instances a small ellipsoid on each
+point, oriented and stretched by them, and keeps a random ``Density`` fraction of
+the splats so large captures stay interactive. A shared material shows the colour
+unlit and mixes it with transparency by the opacity; Cycles and EEVEE read both from
+the instancer. The ellipsoids are drawn at ``Size`` standard deviations with uniform
+opacity: a display of the splats, not the splatting renderer (the backend renders
+those exactly).
+"""
+
+import bpy
+import numpy as np
+
+from ..splat_ply import Splats
+from .points import COLOR_ATTRIBUTE, _input_identifier, linear_rgba
+
+NODE_GROUP = MODIFIER = MATERIAL = "Reconstruct Splats"
+DENSITY, SIZE = "Density", "Size"
+OPACITY, SCALE, ROTATION = "opacity", "scale", "rotation"
+_VERSION_KEY, _VERSION = "reconstruct_splats_version", 1
+
+
+def import_splats(name: str, splats: Splats, collection: bpy.types.Collection, density: float = 1.0,
+                  size: float = 2.0) -> bpy.types.Object:
+    n = len(splats)
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(n)
+    color = mesh.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
+    attrs = {OPACITY: ("FLOAT", "value", splats.opacities()),
+             SCALE: ("FLOAT_VECTOR", "vector", splats.scales()),
+             ROTATION: ("QUATERNION", "value", splats.unit_quats())}
+    if n:
+        mesh.attributes["position"].data.foreach_set("vector", np.ascontiguousarray(splats.means, np.float32).ravel())
+        color.data.foreach_set("color", linear_rgba(splats.colors()).ravel())
+    for attr_name, (kind, prop, values) in attrs.items():
+        attr = mesh.attributes.new(attr_name, kind, "POINT")
+        if n:
+            attr.data.foreach_set(prop, np.ascontiguousarray(values, np.float32).ravel())
+    mesh.color_attributes.active_color = color
+    mesh.update()
+    obj = bpy.data.objects.new(name, mesh)
+    collection.objects.link(obj)
+    modifier = obj.modifiers.new(MODIFIER, "NODES")
+    modifier.node_group = splats_node_group()
+    set_display(obj, density=density, size=size)
+    return obj
+
+
+def set_display(obj: bpy.types.Object, density: float | None = None, size: float | None = None) -> None:
+    """The fraction of splats shown (0..1) and their drawn size in standard deviations."""
+    modifier = obj.modifiers.get(MODIFIER)
+    if modifier is None or modifier.node_group is None:
+        raise ValueError(f"{obj.name!r} is not a splat object imported by Reconstruct")
+    for socket, value in ((DENSITY, density), (SIZE, size)):
+        if value is not None:
+            modifier[_input_identifier(modifier.node_group, socket)] = float(value)
+    obj.update_tag()
+
+
+def splats_node_group() -> bpy.types.GeometryNodeTree:
+    group = next((g for g in bpy.data.node_groups if g.get(_VERSION_KEY) == _VERSION and not g.library), None)
+    if group is not None:
+        return group
+    group = bpy.data.node_groups.new(NODE_GROUP, "GeometryNodeTree")
+    group[_VERSION_KEY] = _VERSION
+    group.is_modifier = True
+    group.description = "Shows Reconstruct splats as oriented, colored ellipsoids"
+    interface = group.interface
+    interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
+    density = interface.new_socket(DENSITY, in_out="INPUT", socket_type="NodeSocketFloat")
+    density.subtype, density.default_value, density.min_value, density.max_value = "FACTOR", 1.0, 0.0, 1.0
+    density.description = "Fraction of the splats shown (lower it for large captures)"
+    size = interface.new_socket(SIZE, in_out="INPUT", socket_type="NodeSocketFloat")
+    size.default_value, size.min_value = 2.0, 0.0
+    size.description = "Ellipsoid radius in standard deviations of each Gaussian"
+    interface.new_socket("Geometry", in_out="OUTPUT", socket_type="NodeSocketGeometry")
+
+    nodes, links = group.nodes, group.links
+    group_in = nodes.new("NodeGroupInput")
+    random = nodes.new("FunctionNodeRandomValue")
+    random.data_type = "FLOAT"
+    above = nodes.new("FunctionNodeCompare")
+    above.data_type, above.operation = "FLOAT", "GREATER_THAN"
+    thin = nodes.new("GeometryNodeDeleteGeometry")
+    thin.domain = "POINT"
+    ellipsoid = nodes.new("GeometryNodeMeshIcoSphere")
+    ellipsoid.inputs["Radius"].default_value = 1.0
+    ellipsoid.inputs["Subdivisions"].default_value = 1
+    rotation = nodes.new("GeometryNodeInputNamedAttribute")
+    rotation.data_type, rotation.inputs["Name"].default_value = "QUATERNION", ROTATION
+    scale = nodes.new("GeometryNodeInputNamedAttribute")
+    scale.data_type, scale.inputs["Name"].default_value = "FLOAT_VECTOR", SCALE
+    sized = nodes.new("ShaderNodeVectorMath")
+    sized.operation = "SCALE"
+    instance = nodes.new("GeometryNodeInstanceOnPoints")
+    material = nodes.new("GeometryNodeSetMaterial")
+    material.inputs["Material"].default_value = splats_material()
+    group_out = nodes.new("NodeGroupOutput")
+    for i, node in enumerate((group_in, random, above, thin, ellipsoid, rotation, scale, sized, instance, material,
+                              group_out)):
+        node.location = (200 * i, 0)
+
+    links.new(random.outputs[1], above.inputs[0])  # the float output of Random Value
+    links.new(group_in.outputs[DENSITY], above.inputs[1])
+    links.new(group_in.outputs["Geometry"], thin.inputs["Geometry"])
+    links.new(above.outputs["Result"], thin.inputs["Selection"])
+    links.new(scale.outputs["Attribute"], sized.inputs[0])
+    links.new(group_in.outputs[SIZE], sized.inputs["Scale"])
+    links.new(thin.outputs["Geometry"], instance.inputs["Points"])
+    links.new(ellipsoid.outputs["Mesh"], instance.inputs["Instance"])
+    links.new(rotation.outputs["Attribute"], instance.inputs["Rotation"])
+    links.new(sized.outputs["Vector"], instance.inputs["Scale"])
+    links.new(instance.outputs["Instances"], material.inputs["Geometry"])
+    links.new(material.outputs["Geometry"], group_out.inputs["Geometry"])
+    return group
+
+
+def splats_material() -> bpy.types.Material:
+    """Unlit splat colour, mixed with transparency by the splat's opacity."""
+    mat = next((m for m in bpy.data.materials if m.get(_VERSION_KEY) == _VERSION and not m.library), None)
+    if mat is not None:
+        return mat
+    mat = bpy.data.materials.new(MATERIAL)
+    mat[_VERSION_KEY] = _VERSION
+    if hasattr(mat, "surface_render_method"):
+        mat.surface_render_method = "BLENDED"  # EEVEE: real transparency, not dithering
+    nodes, links = mat.node_tree.nodes, mat.node_tree.links
+    nodes.clear()
+    color = nodes.new("ShaderNodeAttribute")
+    color.attribute_type, color.attribute_name = "INSTANCER", COLOR_ATTRIBUTE
+    opacity = nodes.new("ShaderNodeAttribute")
+    opacity.attribute_type, opacity.attribute_name = "INSTANCER", OPACITY
+    emission = nodes.new("ShaderNodeEmission")
+    transparent = nodes.new("ShaderNodeBsdfTransparent")
+    mix = nodes.new("ShaderNodeMixShader")
+    output = nodes.new("ShaderNodeOutputMaterial")
+    for i, node in enumerate((color, opacity, emission, transparent, mix, output)):
+        node.location = (200 * i, 0)
+    links.new(color.outputs["Color"], emission.inputs["Color"])
+    links.new(opacity.outputs["Fac"], mix.inputs["Fac"])
+    links.new(transparent.outputs["BSDF"], mix.inputs[1])
+    links.new(emission.outputs["Emission"], mix.inputs[2])
+    links.new(mix.outputs["Shader"], output.inputs["Surface"])
+    return mat
