@@ -9,7 +9,7 @@ in Material Preview, EEVEE and Cycles: photogrammetry colors already hold the sc
 import bpy
 import numpy as np
 
-from .points import COLOR_ATTRIBUTE, linear_rgba
+from .points import COLOR_ATTRIBUTE, find_tagged, linear_rgba
 
 MATERIAL = "Reconstruct Mesh"
 _VERSION_KEY, _VERSION = "reconstruct_mesh_version", 1
@@ -53,7 +53,7 @@ def import_mesh(
 
 def mesh_material() -> bpy.types.Material:
     """The shared material that shows the mesh's color attribute unlit."""
-    mat = next((m for m in bpy.data.materials if m.get(_VERSION_KEY) == _VERSION and not m.library), None)
+    mat = find_tagged(bpy.data.materials, _VERSION_KEY, _VERSION)
     if mat is not None:
         return mat
     mat = bpy.data.materials.new(MATERIAL)

@@ -90,7 +90,7 @@ _SRGB_TO_LINEAR_U8 = _srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0)
 
 def points_node_group() -> bpy.types.GeometryNodeTree:
     """The shared "Reconstruct Points" geometry nodes group, created on first use."""
-    group = _find_ours(bpy.data.node_groups)
+    group = find_tagged(bpy.data.node_groups, _VERSION_KEY, _VERSION)
     if group is not None:
         return group
     group = bpy.data.node_groups.new(NODE_GROUP, "GeometryNodeTree")
@@ -124,7 +124,7 @@ def points_node_group() -> bpy.types.GeometryNodeTree:
 
 def points_material() -> bpy.types.Material:
     """The shared material that shows the points' color attribute as emitted (unlit) color."""
-    mat = _find_ours(bpy.data.materials)
+    mat = find_tagged(bpy.data.materials, _VERSION_KEY, _VERSION)
     if mat is not None:
         return mat
     mat = bpy.data.materials.new(MATERIAL)
@@ -145,9 +145,10 @@ def points_material() -> bpy.types.Material:
     return mat
 
 
-def _find_ours(datablocks):
-    # By tag, not by name: a user's datablock may have the name, ours may have been renamed.
-    return next((d for d in datablocks if d.get(_VERSION_KEY) == _VERSION and not d.library), None)
+def find_tagged(datablocks, key: str, version: int):
+    """Our shared datablock (node group, material) of this version, if the file has one.
+    By tag, not by name: a user's datablock may have the name, ours may have been renamed."""
+    return next((d for d in datablocks if d.get(key) == version and not d.library), None)
 
 
 def _input_identifier(group: bpy.types.NodeTree, name: str) -> str:

@@ -16,7 +16,7 @@ import bpy
 import numpy as np
 
 from ..splat_ply import Splats
-from .points import COLOR_ATTRIBUTE, _input_identifier, linear_rgba
+from .points import COLOR_ATTRIBUTE, _input_identifier, find_tagged, linear_rgba
 
 NODE_GROUP = MODIFIER = MATERIAL = "Reconstruct Splats"
 DENSITY, SIZE = "Density", "Size"
@@ -62,7 +62,7 @@ def set_display(obj: bpy.types.Object, density: float | None = None, size: float
 
 
 def splats_node_group() -> bpy.types.GeometryNodeTree:
-    group = next((g for g in bpy.data.node_groups if g.get(_VERSION_KEY) == _VERSION and not g.library), None)
+    group = find_tagged(bpy.data.node_groups, _VERSION_KEY, _VERSION)
     if group is not None:
         return group
     group = bpy.data.node_groups.new(NODE_GROUP, "GeometryNodeTree")
@@ -121,7 +121,7 @@ def splats_node_group() -> bpy.types.GeometryNodeTree:
 
 def splats_material() -> bpy.types.Material:
     """Unlit splat colour, mixed with transparency by the splat's opacity."""
-    mat = next((m for m in bpy.data.materials if m.get(_VERSION_KEY) == _VERSION and not m.library), None)
+    mat = find_tagged(bpy.data.materials, _VERSION_KEY, _VERSION)
     if mat is not None:
         return mat
     mat = bpy.data.materials.new(MATERIAL)
