@@ -68,9 +68,21 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mesh-depth", type=int, help="Poisson octree depth (default: from the point spacing)")
     p.add_argument("--face-budget", type=int, help="simplify the mesh to at most this many triangles")
     p.add_argument("--dense-device", choices=["auto", "cuda", "cpu"], help="where depth maps are computed")
-    p.add_argument("--force", choices=STAGES, help="rerun from this stage even if cached")
+    p.add_argument("--splat-steps", type=int, dest="splat_steps",
+                   help="Gaussian splat training steps (default from --quality: 3000/7000/30000)")
+    p.add_argument("--splat-size", type=int, dest="splat_max_image_size",
+                   help="longest side (px) of the photos splats are trained on")
+    p.add_argument("--sh-degree", type=int, choices=[0, 1, 2, 3], help="splat colour SH degree (default 3)")
+    p.add_argument("--strategy", choices=["default", "mcmc"], help="splat densification (default: gsplat's default)")
+    p.add_argument("--max-splats", type=int, help="upper bound on the number of splats (the MCMC budget)")
+    p.add_argument("--holdout-every", type=int, help="hold every n-th photo out of splat training to score it "
+                   "(default 8; 0 = train on all)")
+    p.add_argument("--splat-device", choices=["auto", "cuda", "cpu"], help="where splats are trained")
+    p.add_argument("--checkpoint-seconds", type=float, help="how often splat training saves a checkpoint (default 60)")
+    p.add_argument("--force", choices=STAGES, help="rerun this stage and those after it even if cached")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
-                   help="run up to (and including) these stages (default: all, through the mesh)")
+                   help="run these stages and the ones they need (default: all; e.g. 'mesh' for cameras, dense "
+                   "points and mesh, 'splats' for cameras and splats, 'undistort' for cameras only)")
 
 
 def _roi(text: str) -> dict:
@@ -95,7 +107,13 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
                                               ("roi", "roi"), ("mesh_depth", "mesh_depth"),
                                               ("face_budget", "face_budget"), ("device", "dense_device"))
              if getattr(args, a) is not None}
-    return JobOptions.from_dict({"quality": args.quality, "sfm": sfm, "dense": dense, "force": args.force})
+    splats = {k: getattr(args, a) for k, a in (("steps", "splat_steps"), ("max_image_size", "splat_max_image_size"),
+                                               ("sh_degree", "sh_degree"), ("strategy", "strategy"),
+                                               ("max_splats", "max_splats"), ("holdout_every", "holdout_every"),
+                                               ("device", "splat_device"), ("checkpoint_seconds", "checkpoint_seconds"))
+              if getattr(args, a) is not None}
+    return JobOptions.from_dict({"quality": args.quality, "sfm": sfm, "dense": dense, "splats": splats,
+                                 "force": args.force})
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -116,6 +134,11 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{dense['dense_points']} points -> {result.artifacts['fusion']}")
     if dense["mesh_faces"] is not None:
         print(f"mesh: {dense['mesh_faces']} faces -> {result.artifacts['mesh']} (and .glb)")
+    splats = s["splats"]
+    if splats["num_splats"] is not None:
+        score = f", held-out PSNR {splats['psnr']:.2f} dB, SSIM {splats['ssim']:.3f}" if splats["psnr"] else ""
+        print(f"splats: {splats['num_splats']} after {splats['steps']} steps at {splats['image_size'][0]} px"
+              f"{score} -> {result.artifacts['splats_ply']}")
     print(f"ran: {', '.join(result.ran) or 'nothing (all stages up to date)'}")
     print(f"summary: {result.artifacts['summary']}")
     return 0

@@ -8,7 +8,8 @@ from blender_addon.protocol import __version__
 _PACKAGES = ("pycolmap", "numpy", "torch", "gsplat", "trimesh", "msgpack", "pillow")
 
 
-_REQUIRED = {"pycolmap": "pycolmap", "numpy": "numpy", "PIL": "pillow"}  # import name -> package
+_REQUIRED = {"pycolmap": "pycolmap", "numpy": "numpy", "PIL": "pillow", "torch": "torch", "gsplat": "gsplat",
+             "scipy": "scipy"}  # import name -> package
 
 
 def missing_packages() -> list[str]:

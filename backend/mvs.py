@@ -67,6 +67,7 @@ class Scene:
     views: list[View]
     points: np.ndarray  # [P, 3] sparse points
     visibility: list[np.ndarray]  # per view: indices of the sparse points it observes
+    colors: np.ndarray  # [P, 3] uint8, the sparse points' colours
 
 
 def load_scene(undistorted: Path, max_image_size: int) -> Scene:
@@ -76,6 +77,7 @@ def load_scene(undistorted: Path, max_image_size: int) -> Scene:
     point_ids = sorted(rec.points3D)
     index = {pid: i for i, pid in enumerate(point_ids)}
     points = np.array([rec.points3D[p].xyz for p in point_ids], np.float64).reshape(-1, 3)
+    colors = np.array([rec.points3D[p].color for p in point_ids], np.uint8).reshape(-1, 3)
     views, visibility = [], []
     for image_id in sorted(rec.reg_image_ids(), key=lambda i: rec.images[i].name):
         image = rec.images[image_id]
@@ -89,7 +91,7 @@ def load_scene(undistorted: Path, max_image_size: int) -> Scene:
                           np.asarray(pose.translation, np.float64), width, height, sx))
         observed = [index[p.point3D_id] for p in image.points2D if p.has_point3D()]
         visibility.append(np.unique(np.asarray(observed, np.int64)))
-    return Scene(undistorted, views, points, visibility)
+    return Scene(undistorted, views, points, visibility, colors)
 
 
 def select_sources(scene: Scene, ref: int, count: int) -> list[int]:
@@ -134,12 +136,12 @@ def depth_range(scene: Scene, ref: int, roi: Box | None) -> tuple[float, float] 
     return (float(near), float(far)) if far > near else None
 
 
-def choose_device(name: str) -> "torch.device":
+def choose_device(name: str, what: str = "dense") -> "torch.device":
     import torch
 
     if name == "cpu" or not torch.cuda.is_available():
         if name == "cuda":
-            raise RuntimeError("dense device 'cuda' was asked for, but torch sees no CUDA GPU")
+            raise RuntimeError(f"{what} device 'cuda' was asked for, but torch sees no CUDA GPU")
         return torch.device("cpu")
     return torch.device("cuda")
 

@@ -14,6 +14,7 @@ Mapper = Literal["incremental", "global"]
 Device = Literal["auto", "gpu", "cpu"]
 Upsample = Literal["auto", "always", "never"]
 TorchDevice = Literal["auto", "cuda", "cpu"]
+Strategy = Literal["default", "mcmc"]
 
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV",
                  "SIMPLE_RADIAL_FISHEYE", "RADIAL_FISHEYE", "OPENCV_FISHEYE")
@@ -77,13 +78,44 @@ class DenseOptions:
     """Where depth maps are computed: auto uses a CUDA GPU when torch has one."""
 
 
+@dataclass
+class SplatOptions:
+    """3D Gaussian splatting: cameras, sparse points and photos to splats."""
+
+    steps: int = 7000
+    """Training steps (one photo each)."""
+    max_image_size: int = 1600
+    """Longest side (px) of the photos the splats are trained on."""
+    sh_degree: int = 3
+    """Spherical-harmonic degree of the view-dependent colour (0 = flat colour).
+    Degrees are switched on one by one during training."""
+    strategy: Strategy = "default"
+    """How splats are added and removed: gsplat's default (split, clone and
+    prune by screen-space gradient, as in the 3DGS paper) or mcmc (a fixed
+    budget of `max_splats`, relocated from dead splats to busy ones)."""
+    max_splats: int = 1_000_000
+    """Upper bound on the number of splats (the MCMC budget; default densification
+    stops growing here)."""
+    holdout_every: int = 8
+    """Every n-th photo (by name) is held out of training and scores the result
+    (PSNR, SSIM in summary.json); 0 trains on all."""
+    seed: int = 0
+    device: TorchDevice = "auto"
+    """auto: gsplat's CUDA rasteriser when torch sees a GPU, else our CPU one."""
+    checkpoint_seconds: float = 60.0
+    """How often a training run saves a checkpoint it can resume from."""
+
+
 QUALITY_PRESETS: dict[str, dict[str, dict]] = {
     "fast": {"sfm": {"max_image_size": 1024, "max_num_features": 4096},
-             "dense": {"max_image_size": 800, "face_budget": 100_000}},
+             "dense": {"max_image_size": 800, "face_budget": 100_000},
+             "splats": {"steps": 3000, "max_image_size": 800}},
     "balanced": {"sfm": {"max_image_size": 2000, "max_num_features": 8192},
-                 "dense": {"max_image_size": 1600, "face_budget": 300_000}},
+                 "dense": {"max_image_size": 1600, "face_budget": 300_000},
+                 "splats": {"steps": 7000, "max_image_size": 1600}},
     "high": {"sfm": {"max_image_size": 3200, "max_num_features": 16384},
-             "dense": {"max_image_size": 3200, "face_budget": 1_000_000}},
+             "dense": {"max_image_size": 3200, "face_budget": 1_000_000},
+             "splats": {"steps": 30_000, "max_image_size": 3200}},
 }
 
 # Stage -> (option group, fields of it that its output depends on). A stage
@@ -97,10 +129,24 @@ STAGE_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
     "mvs": ("dense", ("max_image_size", "num_sources", "window_radius", "roi")),
     "fusion": ("dense", ("min_consistent", "roi")),
     "mesh": ("dense", ("mesh_depth", "face_budget", "roi")),
+    "splats": ("splats", ("steps", "max_image_size", "sh_degree", "strategy", "max_splats", "holdout_every", "seed")),
 }
 STAGES = tuple(STAGE_OPTIONS)
-SFM_STAGES = STAGES[:STAGES.index("undistort") + 1]
-DENSE_STAGES = STAGES[len(SFM_STAGES):]
+# The stage whose output each stage reads: splats need the cameras and photos,
+# not the dense geometry, so they run (and stay cached) independently of it.
+STAGE_INPUT: dict[str, str | None] = {"features": None, "matching": "features", "mapping": "matching",
+                                      "undistort": "mapping", "mvs": "undistort", "fusion": "mvs",
+                                      "mesh": "fusion", "splats": "undistort"}
+
+
+def stages_needed(requested) -> tuple[str, ...]:
+    """The requested stages and every stage they read from, in run order."""
+    needed = set()
+    for stage in requested:
+        while stage is not None and stage not in needed:
+            needed.add(stage)
+            stage = STAGE_INPUT[stage]
+    return tuple(s for s in STAGES if s in needed)
 
 
 @dataclass
@@ -108,19 +154,21 @@ class JobOptions:
     quality: Quality = "balanced"
     sfm: SfmOptions = field(default_factory=SfmOptions)
     dense: DenseOptions = field(default_factory=DenseOptions)
+    splats: SplatOptions = field(default_factory=SplatOptions)
     force: str | None = None
     """Rerun this stage and everything after it, even if cached."""
 
     @classmethod
     def from_dict(cls, data: dict) -> "JobOptions":
         """Build from plain data (protocol or CLI). A quality preset fills the
-        fields that `data["sfm"]` and `data["dense"]` do not set explicitly."""
+        fields that `data["sfm"]`, `data["dense"]` and `data["splats"]` do not
+        set explicitly."""
         data = dict(data or {})
         quality = data.pop("quality", "balanced")
         if quality not in QUALITY_PRESETS:
             raise _bad("quality", quality, list(QUALITY_PRESETS))
         groups = {}
-        for group, cls_ in (("sfm", SfmOptions), ("dense", DenseOptions)):
+        for group, cls_ in (("sfm", SfmOptions), ("dense", DenseOptions), ("splats", SplatOptions)):
             values = {**QUALITY_PRESETS[quality][group], **dict(data.pop(group, None) or {})}
             known = {f.name for f in fields(cls_)}
             unknown = set(values) - known
@@ -135,6 +183,7 @@ class JobOptions:
                                    "Check the option names against the README.")
         _validate(groups["sfm"])
         _validate_dense(groups["dense"])
+        _validate_splats(groups["splats"])
         if force is not None and force not in STAGES:
             raise _bad("force", force, list(STAGES))
         return cls(quality=quality, force=force, **groups)
@@ -180,3 +229,18 @@ def _validate_dense(o: DenseOptions) -> None:
                                "Use 0 (automatic) or 5 to 13.")
     if o.roi is not None:
         Box.from_dict(o.roi)  # raises a BAD_OPTIONS error that says what is wrong
+
+
+def _validate_splats(o: SplatOptions) -> None:
+    for name, allowed in (("strategy", Strategy), ("device", TorchDevice)):
+        if getattr(o, name) not in allowed.__args__:
+            raise _bad(f"splats {name}", getattr(o, name), list(allowed.__args__))
+    for name, low in (("steps", 1), ("max_image_size", 32), ("max_splats", 1000), ("holdout_every", 0)):
+        if not isinstance(getattr(o, name), int) or getattr(o, name) < low:
+            raise ReconstructError(ErrorCode.BAD_OPTIONS, f"splats {name}={getattr(o, name)!r} is too small.",
+                                   f"Use an integer of at least {low}.")
+    if o.sh_degree not in (0, 1, 2, 3):
+        raise _bad("splats sh_degree", o.sh_degree, [0, 1, 2, 3])
+    if o.holdout_every == 1:
+        raise ReconstructError(ErrorCode.BAD_OPTIONS, "splats holdout_every=1 would hold out every photo.",
+                               "Use 0 (train on all photos) or 2 or more (8 is the usual).")

@@ -1,10 +1,11 @@
-"""The job runner: photos -> features -> matching -> mapping -> undistort
--> mvs -> fusion -> mesh, with each stage cached by the hash of its inputs.
+"""The job runner: photos -> features -> matching -> mapping -> undistort,
+then mvs -> fusion -> mesh and, beside them, splats; each stage cached by the
+hash of its inputs.
 
-A stage's hash chains the identity of its upstream stage's last run with
-the options it reads (options.STAGE_OPTIONS), so changing an option
-reruns exactly the stages it affects, and a stage that reruns takes every
-later stage with it. The heavy work runs in a killable worker process
+A stage's hash chains the identity of the last run of the stage it reads
+(options.STAGE_INPUT) with the options it reads (options.STAGE_OPTIONS), so
+changing an option reruns exactly the stages it affects, and a stage that
+reruns takes every stage downstream of it along. The heavy work runs in a killable worker process
 (worker.py); this module only decides, records, and reports.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Protocol
 from blender_addon.protocol import __version__
 from backend.device import package_versions
 from backend.errors import Cancelled, ErrorCode, ReconstructError
-from backend.options import STAGE_OPTIONS, STAGES, JobOptions, SfmOptions
+from backend.options import STAGE_INPUT, STAGE_OPTIONS, STAGES, JobOptions, SfmOptions, stages_needed
 from backend.photos import PhotoSet, looks_like_video_frames, one_camera, scan_photos
 from backend.worker_client import Worker
 from backend.workspace import Workspace, remove, stable_hash, write_json_atomic
@@ -104,7 +105,7 @@ def choose_camera_mode(photos: PhotoSet, sfm: SfmOptions) -> tuple[str, str]:
 
 def run_job(photos_dir: str | Path, workspace_dir: str | Path, options: JobOptions, events: Events,
             cancel: threading.Event | None = None, stages: tuple[str, ...] = STAGES) -> JobResult:
-    """Run (or reuse) every stage up to the last one named in `stages`."""
+    """Run (or reuse) the stages named in `stages` and every stage they read from."""
     cancel = cancel or threading.Event()
     ws = Workspace(workspace_dir)
     photos_path = Path(photos_dir).expanduser().resolve()
@@ -140,21 +141,22 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
     events.log(f"intrinsics: {camera_mode[1]}")
     decided = {"features": {"first_octave": first_octave, "camera_mode": camera_mode[0]},
                "matching": {"matcher": matcher}}
-    last = max(STAGES.index(s) for s in stages)
-    forced_from = STAGES.index(options.force) if options.force else None
-    upstream = stable_hash(photos.fingerprint())
+    run_stages = stages_needed(stages)
+    forced = set(stages_downstream(options.force)) if options.force else set()
+    # Each stage's identity: its input hash and when it last finished.
+    identity = {None: stable_hash(photos.fingerprint())}
     ran: list[str] = []
-    for index, stage in enumerate(STAGES[:last + 1]):
+    for stage in run_stages:
         group, names = STAGE_OPTIONS[stage]
-        digest = stable_hash(upstream, {k: getattr(getattr(options, group), k) for k in names},
+        digest = stable_hash(identity[STAGE_INPUT[stage]], {k: getattr(getattr(options, group), k) for k in names},
                              decided.get(stage, {}))
         record = job["stages"].get(stage, {})
         output = ws.stage_output(stage)
         fresh = (record.get("state") == "done" and record.get("hash") == digest and output.exists()
-                 and (forced_from is None or index < forced_from))
+                 and stage not in forced)
         if fresh:
             events.progress(stage, 1.0, "up to date")
-            upstream = stable_hash(digest, record["finished"])
+            identity[stage] = stable_hash(digest, record["finished"])
             continue
         if cancel.is_set():
             raise Cancelled()
@@ -177,15 +179,26 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
         ws.save_job(job)
         # Downstream stages depend on this run of the stage, not only on its
         # options: a rerun (forced, or after a cancel) may move the cameras.
-        upstream = stable_hash(digest, job["stages"][stage]["finished"])
+        identity[stage] = stable_hash(digest, job["stages"][stage]["finished"])
         ran.append(stage)
         events.progress(stage, 1.0, "done")
-    summary = write_summary(ws, job, photos, matcher, first_octave, camera_mode[0], STAGES[:last + 1])
-    artifacts = {name: str(ws.stage_output(name)) for name in STAGES[:last + 1]}
+    summary = write_summary(ws, job, photos, matcher, first_octave, camera_mode[0], run_stages)
+    artifacts = {name: str(ws.stage_output(name)) for name in run_stages}
     if "mesh" in artifacts:
         artifacts.update(mesh=str(ws.mesh_dir / "mesh.ply"), mesh_glb=str(ws.mesh_dir / "mesh.glb"))
+    if "splats" in artifacts:
+        artifacts.update(splats_ply=str(ws.splats_ply))
     artifacts["summary"] = str(ws.summary_file)
     return JobResult(ws.root, summary, artifacts, ran)
+
+
+def stages_downstream(stage: str) -> list[str]:
+    """`stage` and every stage that reads from it, directly or not."""
+    out = [stage]
+    for other in STAGES:
+        if STAGE_INPUT[other] in out:
+            out.append(other)
+    return out
 
 
 def _poll_rows(database: Path, table: str, total: int, stage: str, what: str, events: Events):
@@ -321,8 +334,20 @@ def _mesh(ws, photos, options, decided, worker, events, cancel, job):
     return result
 
 
+def _splats(ws, photos, options, decided, worker, events, cancel, job):
+    # The checkpoint survives a cancel: the next run with the same inputs resumes from it.
+    partial = ws.partial_for(ws.splats_dir, job["stages"]["splats"]["hash"])
+    result = worker.call("splats", {"undistorted": str(ws.undistorted), "out_dir": str(partial),
+                                    "opts": asdict(options.splats)},
+                         progress=lambda f, m: events.progress("splats", f, m), cancel=cancel)
+    if result.get("resumed_from_step"):
+        events.log(f"splats: resumed from the checkpoint at step {result['resumed_from_step']}")
+    ws.commit_partial(partial, ws.splats_dir)
+    return result
+
+
 _STAGES = {"features": _features, "matching": _matching, "mapping": _mapping, "undistort": _undistort,
-           "mvs": _mvs, "fusion": _fusion, "mesh": _mesh}
+           "mvs": _mvs, "fusion": _fusion, "mesh": _mesh, "splats": _splats}
 
 
 def write_summary(ws: Workspace, job: dict, photos: PhotoSet, matcher: str, first_octave: int,
@@ -351,8 +376,10 @@ def write_summary(ws: Workspace, job: dict, photos: PhotoSet, matcher: str, firs
         "mapper": job["options"]["sfm"]["mapper"],
         "stage_seconds": {name: rec.get("seconds") for name, rec in stages.items() if rec.get("state") == "done"},
         "device": {"feature_extraction": features.get("device", "cpu"),
-                   "mvs": stages.get("mvs", {}).get("result", {}).get("device")},
+                   "mvs": stages.get("mvs", {}).get("result", {}).get("device"),
+                   "splats": stages.get("splats", {}).get("result", {}).get("device")},
         "dense": _dense_summary(stages),
+        "splats": _splat_summary(stages.get("splats", {}).get("result", {})),
         "versions": package_versions(),
         "options": job["options"],
     }
@@ -367,3 +394,9 @@ def _dense_summary(stages: dict) -> dict:
             "dense_points": fusion.get("num_points"), "roi": fusion.get("roi") or mvs.get("roi"),
             "mesh_faces": mesh.get("num_faces"), "mesh_vertices": mesh.get("num_vertices"),
             "mesh_watertight": mesh.get("watertight")}
+
+
+def _splat_summary(result: dict) -> dict:
+    keys = ("num_splats", "steps", "image_size", "sh_degree", "strategy", "held_out", "psnr", "ssim",
+            "steps_per_second", "train_seconds", "first_step_seconds", "background", "resumed_from_step")
+    return {k: result.get(k) for k in keys}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 import traceback
 
 from blender_addon import protocol
@@ -28,6 +29,7 @@ class Server:
         self._cancel = threading.Event()
         self._device: dict | None = None
         self._device_ready = threading.Event()
+        self._render_lock = threading.Lock()
         threading.Thread(target=self._probe_device, daemon=True, name="device-probe").start()
 
     def _probe_device(self) -> None:
@@ -122,6 +124,46 @@ class Server:
         if self._job_id is not None and msg.get("job") in (None, self._job_id):
             self._cancel.set()
 
+    def render_splats(self, msg: dict) -> None:
+        # Off the reading thread, so a cancel or another request is not held up by a render.
+        threading.Thread(target=self._render_splats, args=(msg,), daemon=True, name="render").start()
+
+    def _render_splats(self, msg: dict) -> None:
+        import json
+
+        import numpy as np
+
+        from backend.splat_render import render_camera
+        from backend.workspace import Workspace
+        from blender_addon.camera_math import blender_matrix_to_colmap
+
+        rid = msg.get("id")
+        try:
+            ws = Workspace(str(msg["workspace"]))
+            if not ws.splats_ply.is_file():
+                raise ReconstructError(ErrorCode.NO_RESULT, f"The workspace {ws.root} has no splats yet.",
+                                       "Reconstruct with the Gaussian Splats stage turned on first.")
+            cam = msg["camera"]
+            R, t = blender_matrix_to_colmap(np.asarray(cam["matrix_world"], np.float64))
+            started = time.perf_counter()
+            with self._render_lock:
+                rgba = render_camera(ws.splats_ply, R, t, float(cam["fx"]), float(cam["fy"]), float(cam["cx"]),
+                                     float(cam["cy"]), int(cam["width"]), int(cam["height"]))
+            info = json.loads(ws.splats_info.read_text()) if ws.splats_info.is_file() else {}
+            self.send(protocol.RENDER, id=rid, image=(rgba * 255 + 0.5).astype(np.uint8),
+                      background=info.get("background", [0.0, 0.0, 0.0]),
+                      seconds=round(time.perf_counter() - started, 3))
+        except ReconstructError as exc:
+            self.send(protocol.ERROR, id=rid, **exc.as_fields())
+        except (KeyError, TypeError, ValueError) as exc:
+            self.send(protocol.ERROR, id=rid, code=ErrorCode.BAD_REQUEST,
+                      message=f"A render request needs workspace and camera {{matrix_world, width, height, fx, fy, "
+                              f"cx, cy}}: {exc!r}", hint="", details={})
+        except Exception as exc:
+            traceback.print_exc()
+            self.send(protocol.ERROR, id=rid, code=ErrorCode.INTERNAL, message=f"Rendering the splats failed: {exc}",
+                      hint="Please report this with the backend log.", details={})
+
     def stop(self) -> None:
         self._cancel.set()
         if self._job_thread is not None:
@@ -132,7 +174,8 @@ class Server:
         kind = msg["type"]
         if kind == protocol.SHUTDOWN:
             return False
-        handler = {protocol.HANDSHAKE: self.handshake, protocol.RUN: self.run, protocol.CANCEL: self.cancel}.get(kind)
+        handler = {protocol.HANDSHAKE: self.handshake, protocol.RUN: self.run, protocol.CANCEL: self.cancel,
+                   protocol.RENDER_SPLATS: self.render_splats}.get(kind)
         if handler is None:
             self.error(ErrorCode.BAD_REQUEST, f"Unknown request type {kind!r}.")
         else:

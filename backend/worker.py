@@ -49,6 +49,11 @@ def _call(fn: str, args: dict, send) -> dict:
 
     if fn in ("mvs", "fusion", "mesh"):
         return _dense(fn, args, DenseOptions(**args["opts"]), progress)
+    if fn == "splats":
+        from backend.options import SplatOptions
+        from backend.splat_train import train_splats
+
+        return train_splats(Path(args["undistorted"]), Path(args["out_dir"]), SplatOptions(**args["opts"]), progress)
     from backend import sfm
 
     opts = SfmOptions(**args["opts"])

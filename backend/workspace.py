@@ -45,12 +45,18 @@ class Workspace:
     @property
     def mesh_dir(self) -> Path: return self.root / "mesh"
     @property
+    def splats_dir(self) -> Path: return self.root / "splats"
+    @property
+    def splats_ply(self) -> Path: return self.splats_dir / "splats.ply"
+    @property
+    def splats_info(self) -> Path: return self.splats_dir / "splats.json"
+    @property
     def log_file(self) -> Path: return self.root / "logs" / "worker.log"
 
     def stage_output(self, stage: str) -> Path:
         return {"features": self.features_db, "matching": self.database, "mapping": self.model,
                 "undistort": self.undistorted, "mvs": self.stereo, "fusion": self.fused,
-                "mesh": self.mesh_dir}[stage]
+                "mesh": self.mesh_dir, "splats": self.splats_dir}[stage]
 
     def open(self) -> "Workspace":
         """Create the folder if needed, check it is writable, and lock it so

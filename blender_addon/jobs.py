@@ -85,8 +85,8 @@ class Runner:
         self.tick_durations = []
         request = {"job": self.job_id, "photos": photos, "workspace": str(workspace),
                    "options": {"quality": settings.quality, "sfm": {"device": prefs.device},
-                               "dense": dense},
-                   "stages": [last_stage(settings)]}
+                               "dense": dense, "splats": {"device": dense["device"]}},
+                   "stages": requested_stages(settings)}
         if client.handshake is not None:
             client.send(protocol.RUN, **request)
         else:
@@ -101,7 +101,7 @@ class Runner:
     def parts(self) -> tuple[str, ...]:
         """What to import from the finished workspace: what the user asked for."""
         settings = self._settings()
-        chosen = {"dense": settings.stage_dense, "mesh": settings.stage_mesh}
+        chosen = {"dense": settings.stage_dense, "mesh": settings.stage_mesh, "splats": settings.stage_splats}
         return ("cameras", "sparse", *(part for part, on in chosen.items() if on))
 
     def cancel(self) -> None:
@@ -177,6 +177,11 @@ class Runner:
         extra = "".join(f", {dense[key]} {what}" for key, what in (("dense_points", "dense points"),
                                                                    ("mesh_faces", "mesh faces"))
                         if dense.get(key) is not None)
+        splats = summary.get("splats") or {}
+        if splats.get("num_splats") is not None:
+            extra += f", {splats['num_splats']} splats"
+            if splats.get("psnr") is not None:
+                extra += f" (held-out PSNR {splats['psnr']:.1f} dB)"
         self._finish("DONE", progress=1.0, collection=collection.name,
                      message=f"{summary.get('registered_images', '?')}/{summary.get('total_images', '?')} photos "
                              f"registered, {summary.get('num_points', 0)} points{extra}")
@@ -206,9 +211,10 @@ class Runner:
 runner = Runner()
 
 
-def last_stage(settings) -> str:
-    """The backend runs every stage up to this one."""
-    return "mesh" if settings.stage_mesh else "fusion" if settings.stage_dense else "undistort"
+def requested_stages(settings) -> list[str]:
+    """What the backend is asked for (it runs these and the stages they need)."""
+    chosen = {"fusion": settings.stage_dense, "mesh": settings.stage_mesh, "splats": settings.stage_splats}
+    return ["undistort", *(stage for stage, on in chosen.items() if on)]
 
 
 def dense_options(settings, device: str) -> dict:

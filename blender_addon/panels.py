@@ -35,9 +35,7 @@ class VIEW3D_PT_reconstruct(bpy.types.Panel):
         box.prop(s, "stage_cameras")
         box.prop(s, "stage_dense")
         box.prop(s, "stage_mesh")
-        row = box.row()
-        row.enabled = False
-        row.prop(s, "stage_splats", text="Gaussian Splats (not yet available)")
+        box.prop(s, "stage_splats")
         row = col.row()
         row.active = s.stage_dense or s.stage_mesh
         row.prop(s, "roi_object", icon="CUBE")

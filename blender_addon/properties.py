@@ -6,9 +6,12 @@ from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProp
                        StringProperty)
 
 QUALITY_ITEMS = [
-    ("fast", "Fast", "Features at 1024 px, 4k per photo; depth at 800 px; 100k-face mesh: quick previews"),
-    ("balanced", "Balanced", "Features at 2000 px, 8k per photo; depth at 1600 px; 300k-face mesh"),
-    ("high", "High", "Features at 3200 px, 16k per photo; depth at 3200 px; 1M-face mesh: slow, most accurate"),
+    ("fast", "Fast", "Features at 1024 px, 4k per photo; depth at 800 px; 100k-face mesh; splats: 3k steps "
+     "at 800 px: quick previews"),
+    ("balanced", "Balanced", "Features at 2000 px, 8k per photo; depth at 1600 px; 300k-face mesh; splats: 7k "
+     "steps at 1600 px"),
+    ("high", "High", "Features at 3200 px, 16k per photo; depth at 3200 px; 1M-face mesh; splats: 30k steps at "
+     "3200 px: slow, most accurate"),
 ]
 STATE_ITEMS = [(s, s.title(), "") for s in ("IDLE", "STARTING", "RUNNING", "IMPORTING", "DONE", "CANCELLED", "ERROR")]
 
@@ -35,7 +38,9 @@ class ReconstructSettings(bpy.types.PropertyGroup):
                                 description="Only reconstruct inside this object's bounding box (any object: "
                                             "a cube scaled around the subject, an empty, ...). Empty: "
                                             "the bounds of the sparse points")
-    stage_splats: BoolProperty(name="Gaussian Splats", default=False, description="Not yet available")
+    stage_splats: BoolProperty(name="Gaussian Splats", default=True,
+                               description="3D Gaussian splats trained on the photos: photoreal, view-dependent "
+                                           "color. Fast on a CUDA GPU; on the CPU expect minutes to hours")
     point_size: FloatProperty(name="Point Size", default=0.01, min=0.0001, soft_max=0.2, precision=4,
                               description="Radius of the imported points")
 

@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 import msgpack
 
 __version__ = "0.1.0"  # the product's version: add-on manifest and backend
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: splat renders
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 _HEADER = struct.Struct(">I")
@@ -28,6 +28,10 @@ HANDSHAKE = "handshake"
 RUN = "run"
 CANCEL = "cancel"
 SHUTDOWN = "shutdown"
+RENDER_SPLATS = "render_splats"
+"""Render a workspace's splats from a camera: {id, workspace, camera: {matrix_world
+(4x4, Blender's camera object), width, height, fx, fy, cx, cy (pixels)}}; answered
+by a RENDER event (or an ERROR) with the same id. Independent of any running job."""
 
 # Events (backend -> add-on). HANDSHAKE is also the reply to a handshake.
 PROGRESS = "progress"
@@ -36,6 +40,10 @@ WARNING = "warning"
 RESULT = "result"
 ERROR = "error"
 CANCELLED = "cancelled"
+RENDER = "render"
+"""{id, image: uint8 [height, width, 4] RGBA array (top row first; colour
+premultiplied by alpha, alpha = splat coverage), background: [r, g, b] the
+training's background colour, seconds}."""
 
 
 class ErrorCode:
@@ -56,6 +64,7 @@ class ErrorCode:
     MISSING_DEPENDENCIES = "missing_dependencies"
     BACKEND_EXITED = "backend_exited"
     BUSY = "busy"
+    NO_RESULT = "no_result"
     INTERNAL = "internal"
 
 

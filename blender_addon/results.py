@@ -1,5 +1,5 @@
 """A finished workspace becomes Blender data: one collection per job with
-the cameras, the sparse and dense point clouds and the mesh. Used by the
+the cameras, the sparse and dense point clouds, the mesh and the splats. Used by the
 Reconstruct operator and by the demo's .blend export, so both take the
 same path."""
 from __future__ import annotations
@@ -12,9 +12,15 @@ from .colmap_io import read_model
 from .importers.cameras import import_cameras, make_active_camera, workspace_model
 from .importers.mesh import import_mesh, show_vertex_colors_in_solid_view
 from .importers.points import import_points
+from .importers.splats import import_splats
 from .ply_io import read_ply
+from .splat_ply import read_splats
 
-PARTS = ("cameras", "sparse", "dense", "mesh")
+PARTS = ("cameras", "sparse", "dense", "mesh", "splats")
+# Splats shown at full density up to this many; beyond, the display keeps a
+# random fraction (the Density input of the object's modifier; renders and
+# exports can turn it back up).
+DISPLAY_SPLATS = 300_000
 
 
 def dense_points_file(workspace: Path) -> Path:
@@ -23,6 +29,10 @@ def dense_points_file(workspace: Path) -> Path:
 
 def mesh_file(workspace: Path) -> Path:
     return Path(workspace) / "mesh" / "mesh.ply"
+
+
+def splats_file(workspace: Path) -> Path:
+    return Path(workspace) / "splats" / "splats.ply"
 
 
 def import_workspace(workspace: Path, name: str, scene, point_size: float = 0.01,
@@ -39,6 +49,7 @@ def import_workspace(workspace: Path, name: str, scene, point_size: float = 0.01
     dense = read_ply(dense_points_file(workspace)) if "dense" in parts and dense_points_file(workspace).exists() \
         else None
     mesh = read_ply(mesh_file(workspace)) if "mesh" in parts and mesh_file(workspace).exists() else None
+    splats = read_splats(splats_file(workspace)) if "splats" in parts and splats_file(workspace).exists() else None
     collection = bpy.data.collections.new(name)
     scene.collection.children.link(collection)
     try:
@@ -52,6 +63,9 @@ def import_workspace(workspace: Path, name: str, scene, point_size: float = 0.01
         if mesh is not None:
             import_mesh(f"{name} mesh", mesh.column("x", "y", "z"), mesh.faces, _rgb(mesh), collection)
             show_vertex_colors_in_solid_view(getattr(bpy.context, "screen", None))
+        if splats is not None:
+            import_splats(f"{name} splats", splats, collection,
+                          density=min(1.0, DISPLAY_SPLATS / max(1, len(splats))))
     except Exception:
         # A failed import leaves the scene as it was.
         for obj in list(collection.objects):

@@ -50,10 +50,10 @@ def temple() -> Path:
 
 @pytest.fixture(scope="session")
 def temple_run(temple, tmp_path_factory) -> Path:
-    """One full run on the temple set (640x480, incremental, defaults: every
-    stage through the mesh), shared by tests that only read its workspace."""
+    """One run on the temple set (640x480, incremental, defaults) through the
+    mesh (no splats), shared by tests that only read its workspace."""
     ws = tmp_path_factory.mktemp("temple") / "ws"
-    run_backend("run", temple / "images", "--workspace", ws, check=True)
+    run_backend("run", temple / "images", "--workspace", ws, "--stages", "mesh", check=True)
     return ws
 
 

@@ -47,7 +47,8 @@ def test_demo_writes_a_blend_with_the_imported_cameras_and_points(demo):
     assert len(cameras) == 24
     assert all(cam.data.background_images[0].image for cam in cameras)
     names = sorted(o.name for o in clouds)
-    assert names == ["demo dense points", "demo mesh", "demo sparse points"]
+    assert names == ["demo dense points", "demo mesh", "demo sparse points", "demo splats"]
     assert all(len(o.data.vertices) > 1000 for o in clouds)
+    assert len(bpy.data.objects["demo splats"].data.vertices) == read_json(out / "report.json")["splats"]["num_splats"]
     assert len(bpy.data.objects["demo mesh"].data.polygons) > 10000
     bpy.ops.wm.read_factory_settings(use_empty=True)

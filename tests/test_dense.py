@@ -115,7 +115,7 @@ def test_a_region_of_interest_keeps_the_cloud_inside_it(temple, temple_run, tmp_
     roi = Box((lo + hi) / 2, rotation, (hi - lo) / 2)
     run_backend("run", temple / "images", "--workspace", ws, "--roi",
                 '{"center": %s, "half_size": %s, "rotation": %s}' % (list(roi.center), list(roi.half_size),
-                                                                    rotation.tolist()), check=True)
+                                                                    rotation.tolist()), "--stages", "mesh", check=True)
     cropped = read_ply(ws / "dense" / "fused.ply").column("x", "y", "z", dtype=np.float64)
     assert 1000 < len(cropped) < 0.7 * len(full)
     assert roi.contains(cropped).all()
@@ -143,7 +143,7 @@ def test_cancel_during_mvs_returns_within_5s_and_keeps_finished_depth_maps(templ
     try:
         backend.handshake()
         backend.send(protocol.RUN, job="d", photos=str(temple / "images"), workspace=str(ws),
-                     options={"force": "mvs"})
+                     options={"force": "mvs"}, stages=["mesh"])
         while True:  # wait until a few depth maps are done
             event = backend.next()
             assert event["type"] in (protocol.PROGRESS, protocol.LOG, protocol.WARNING), event
@@ -156,7 +156,8 @@ def test_cancel_during_mvs_returns_within_5s_and_keeps_finished_depth_maps(templ
         total = read_json(ws / "summary.json")["registered_images"]
         assert 0 < len(finished) < total
 
-        backend.send(protocol.RUN, job="d2", photos=str(temple / "images"), workspace=str(ws), options={})
+        backend.send(protocol.RUN, job="d2", photos=str(temple / "images"), workspace=str(ws), options={},
+                     stages=["mesh"])
         result, _ = backend.until(protocol.RESULT, protocol.ERROR)
     finally:
         backend.close()

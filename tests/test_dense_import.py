@@ -111,12 +111,12 @@ def test_the_sidebar_sends_the_chosen_stages_and_region(tmp_path):
     jobs = fresh_blender_with_addon(sys.executable, str(tmp_path))
     try:
         settings = bpy.context.scene.reconstruct
-        assert settings.stage_dense and settings.stage_mesh  # on by default
-        assert jobs.last_stage(settings) == "mesh"
+        assert settings.stage_dense and settings.stage_mesh and settings.stage_splats  # on by default
+        assert jobs.requested_stages(settings) == ["undistort", "fusion", "mesh", "splats"]
         settings.stage_mesh = False
-        assert jobs.last_stage(settings) == "fusion"
-        settings.stage_dense = False
-        assert jobs.last_stage(settings) == "undistort"
+        assert jobs.requested_stages(settings) == ["undistort", "fusion", "splats"]
+        settings.stage_dense = settings.stage_splats = False
+        assert jobs.requested_stages(settings) == ["undistort"]
         assert jobs.dense_options(settings, "gpu") == {"device": "cuda"}
         bpy.ops.mesh.primitive_cube_add(size=1.0, location=(0.5, 0, 0))
         settings.roi_object = bpy.context.object

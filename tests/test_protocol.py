@@ -102,13 +102,13 @@ def test_wrong_protocol_version_says_what_to_do(backend):
 def test_full_job_streams_progress_in_stage_order(backend, temple, tmp_path):
     assert backend.handshake()["type"] == protocol.HANDSHAKE
     backend.send(protocol.RUN, job="j1", photos=str(temple / "images"), workspace=str(tmp_path / "ws"),
-                 options={"quality": "fast"})
+                 options={"quality": "fast", "splats": {"steps": 40, "max_image_size": 64}})
     result, events = backend.until(protocol.RESULT, protocol.ERROR)
     assert result["type"] == protocol.RESULT, result
     assert result["job"] == "j1"
     progress = [e for e in events if e["type"] == protocol.PROGRESS]
     order = list(dict.fromkeys(e["stage"] for e in progress))
-    assert order == ["features", "matching", "mapping", "undistort", "mvs", "fusion", "mesh"]
+    assert order == ["features", "matching", "mapping", "undistort", "mvs", "fusion", "mesh", "splats"]
     for stage in order:
         fractions = [e["fraction"] for e in progress if e["stage"] == stage]
         assert fractions[0] == 0.0 and fractions[-1] == 1.0

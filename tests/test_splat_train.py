@@ -1,0 +1,242 @@
+"""Gaussian splats trained by the backend: on the CPU with our torch
+rasteriser (gsplat's on CUDA), scored on held-out photos, exported in the
+standard layout, rendered for any camera over the protocol, cancelled and
+resumed, and imported into Blender."""
+from __future__ import annotations
+
+import math
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from blender_addon import protocol
+from blender_addon.camera_math import colmap_to_blender_matrix
+from blender_addon.colmap_io import read_model
+from conftest import CACHE, read_json
+from test_protocol import Backend
+
+PHOTOS = CACHE / "synthetic-scene" / "images"
+
+
+@pytest.fixture(scope="module")
+def demo_ws(demo_run):
+    """The demo's workspace: the synthetic scene through every stage, splats
+    trained with backend.demo.CPU_SPLATS (or the preset on a GPU)."""
+    return demo_run[0] / "workspace"
+
+
+def _camera(fx, fy, cx, cy, width, height):
+    K = torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1.0]])
+    return torch.eye(4)[None], K[None]
+
+
+def test_one_splat_renders_as_the_gaussian_formula_says():
+    from backend.splat_raster import rasterize
+
+    viewmat, K = _camera(100.0, 100.0, 32.0, 24.0, 64, 48)
+    means = torch.tensor([[0.0, 0.0, 5.0]])
+    rgb, alpha, info = rasterize(means, torch.tensor([[1.0, 0, 0, 0]]), torch.full((1, 3), 0.1), torch.tensor([0.8]),
+                                 torch.tensor([[1.0, 0.5, 0.25]]), viewmat, K, 64, 48)
+    var = (100 * 0.1 / 5) ** 2 + 0.3  # projected variance + gsplat's 0.3 px^2 blur
+    for x, y in ((32, 24), (34, 23), (29, 26)):  # pixel centres at +0.5
+        dx, dy = x + 0.5 - 32, y + 0.5 - 24
+        expected = 0.8 * math.exp(-0.5 * (dx * dx + dy * dy) / var)
+        assert alpha[0, y, x, 0].item() == pytest.approx(expected, rel=1e-5)
+        assert rgb[0, y, x].tolist() == pytest.approx([expected, expected / 2, expected / 4], rel=1e-5)
+    assert alpha[0, 0, 0, 0].item() == 0.0  # beyond the opacity-aware 3-sigma box
+    assert info["radii"][0, 0].tolist() == [7, 7]
+
+
+def test_a_near_splat_hides_a_far_one_and_transmittance_is_shared():
+    from backend.splat_raster import rasterize
+
+    viewmat, K = _camera(100.0, 100.0, 16.0, 16.0, 32, 32)
+    means = torch.tensor([[0.0, 0.0, 6.0], [0.0, 0.0, 3.0]])  # the red one is behind
+    colors = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
+    rgb, alpha, _ = rasterize(means, torch.tensor([[1.0, 0, 0, 0]] * 2), torch.full((2, 3), 0.2),
+                              torch.tensor([0.9, 0.6]), colors, viewmat, K, 32, 32)
+    a_near = 0.6 * math.exp(-0.5 * 0.5 / ((100 * 0.2 / 3) ** 2 + 0.3))
+    a_far = 0.9 * math.exp(-0.5 * 0.5 / ((100 * 0.2 / 6) ** 2 + 0.3))
+    assert rgb[0, 16, 16, 1].item() == pytest.approx(a_near, rel=1e-5)
+    assert rgb[0, 16, 16, 0].item() == pytest.approx((1 - a_near) * a_far, rel=1e-5)
+    assert alpha[0, 16, 16, 0].item() == pytest.approx(1 - (1 - a_near) * (1 - a_far), rel=1e-5)
+
+
+def _random_splats(n, device, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    means = torch.randn(n, 3, generator=g) * 0.6 + torch.tensor([0.0, 0.0, 4.0])
+    return (means.to(device), torch.randn(n, 4, generator=g).to(device),
+            torch.exp(torch.randn(n, 3, generator=g) * 0.4 - 3.5).to(device),
+            torch.sigmoid(torch.randn(n, generator=g)).to(device),
+            (torch.randn(n, 16, 3, generator=g) * 0.3).to(device))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: gsplat's rasteriser needs one to compare with")
+def test_our_cpu_rasteriser_matches_gsplat():
+    from gsplat import rasterization
+
+    from backend.splat_raster import rasterize
+
+    viewmat, K = _camera(300.0, 310.0, 160.3, 119.7, 320, 240)
+    ours = rasterize(*_random_splats(20000, "cpu"), viewmat, K, 320, 240, sh_degree=3)
+    theirs = rasterization(*_random_splats(20000, "cuda"), viewmat.cuda(), K.cuda(), 320, 240, sh_degree=3,
+                           packed=False)
+    for a, b in zip(ours[:2], theirs[:2]):
+        assert (a - b.cpu()).abs().max().item() < 2e-3
+    assert torch.equal(ours[2]["radii"], theirs[2]["radii"].cpu())
+
+
+def test_splats_score_on_held_out_photos(demo_ws):
+    """Acceptance 1: the demo's CPU training (backend.demo.CPU_SPLATS: 1500
+    steps on the 24 synthetic photos at 128 x 96 px) reaches at least 22 dB
+    on the photos it never saw, every 8th by name."""
+    summary = read_json(demo_ws / "summary.json")
+    splats = summary["splats"]
+    assert splats["held_out"] == ["view_000.png", "view_008.png", "view_016.png"]
+    if summary["device"]["splats"] == "cpu":
+        assert splats["image_size"] == [128, 96] and splats["steps"] == 1500
+    assert splats["psnr"] >= 22.0, splats
+    assert splats["ssim"] >= 0.8, splats
+    info = read_json(demo_ws / "splats" / "splats.json")
+    assert info["per_view"].keys() == set(splats["held_out"])
+    assert info["psnr"] == pytest.approx(np.mean([v["psnr"] for v in info["per_view"].values()]))
+
+
+def test_the_exported_ply_has_the_standard_layout(demo_ws):
+    """Acceptance 2: property names, order and value conventions, read by plyfile."""
+    plyfile = pytest.importorskip("plyfile")
+    vertex = plyfile.PlyData.read(str(demo_ws / "splats" / "splats.ply"))["vertex"]
+    names = [p.name for p in vertex.properties]
+    assert names == ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2",
+                     *[f"f_rest_{i}" for i in range(45)], "opacity", "scale_0", "scale_1", "scale_2",
+                     "rot_0", "rot_1", "rot_2", "rot_3"]
+    assert all(p.val_dtype in ("f4", "float32", "float") for p in vertex.properties)
+    assert len(vertex) == read_json(demo_ws / "summary.json")["splats"]["num_splats"]
+    opacity = np.asarray(vertex["opacity"])
+    assert opacity.min() < 0 < opacity.max()  # logits, not 0..1
+    scales = np.exp(np.stack([vertex[f"scale_{i}"] for i in range(3)], 1))  # logs of standard deviations
+    assert np.median(scales) < 0.05 * np.ptp(np.stack([vertex["x"], vertex["y"]], 1), 0).max()
+    rest = np.stack([vertex[f"f_rest_{i}"] for i in range(45)], 1)
+    assert np.abs(rest).max() > 0  # degree 3 was trained
+    quats = np.stack([vertex[f"rot_{i}"] for i in range(4)], 1)
+    assert np.all(np.linalg.norm(quats, axis=1) > 0)
+    # What splat viewers take as the colour, 0.5 + C0 * f_dc, is the scene's colour range.
+    colour = 0.5 + 0.28209479 * np.stack([vertex[f"f_dc_{i}"] for i in range(3)], 1)
+    assert 0.2 < np.median(colour) < 0.8
+
+
+def _render_request(backend, ws, image, cam, scale=1.0, rid="r"):
+    fx, fy, cx, cy = (v * scale for v in cam.params[:4]) if cam.model == "PINHOLE" else \
+        (cam.params[0] * scale, cam.params[0] * scale, cam.params[1] * scale, cam.params[2] * scale)
+    matrix = colmap_to_blender_matrix(image.R, image.t)
+    backend.send(protocol.RENDER_SPLATS, id=rid, workspace=str(ws),
+                 camera={"matrix_world": matrix.tolist(), "width": round(cam.width * scale),
+                         "height": round(cam.height * scale), "fx": fx, "fy": fy, "cx": cx, "cy": cy})
+    return backend.until(protocol.RENDER, protocol.ERROR, timeout=120)[0]
+
+
+def test_the_backend_renders_the_splats_from_a_blender_camera(demo_ws, tmp_path):
+    """The render call the previews use: a Blender camera (matrix_world and
+    pixel intrinsics) in, the splats' image out, matching the photo."""
+    from PIL import Image
+
+    model = read_model(demo_ws / "undistorted" / "sparse")
+    held_out = read_json(demo_ws / "summary.json")["splats"]["held_out"][0]
+    image = next(i for i in model.images.values() if i.name == held_out)
+    cam = model.cameras[image.camera_id]
+    backend = Backend(tmp_path)
+    try:
+        backend.handshake()
+        reply = _render_request(backend, demo_ws, image, cam, scale=0.2, rid=7)
+        missing = _render_request(backend, tmp_path, image, cam, scale=0.2, rid=8)
+        bad = backend.send(protocol.RENDER_SPLATS, id=9, workspace=str(demo_ws), camera={"width": 3})
+        bad = backend.until(protocol.ERROR)[0]
+    finally:
+        backend.close()
+    assert reply["type"] == protocol.RENDER and reply["id"] == 7, reply
+    rgba = reply["image"]
+    assert rgba.dtype == np.uint8 and rgba.shape == (96, 128, 4)
+    alpha = rgba[..., 3] / 255
+    assert alpha[:15].mean() < 0.05 and alpha[60:].mean() > 0.95  # the plain sky is left to the background
+    background = np.asarray(reply["background"])
+    composite = rgba[..., :3] / 255 + (1 - rgba[..., 3:] / 255) * background
+    photo = np.asarray(Image.open(demo_ws / "undistorted" / "images" / held_out).convert("RGB")
+                       .resize((128, 96), Image.LANCZOS)) / 255
+    psnr = -10 * np.log10(np.mean((composite - photo) ** 2))
+    assert psnr > 20, psnr  # the render is this camera's view (a wrong pose scores ~10 dB)
+    assert missing["type"] == protocol.ERROR and missing["id"] == 8
+    assert missing["code"] == protocol.ErrorCode.NO_RESULT and "no splats" in missing["message"]
+    assert bad["id"] == 9 and bad["code"] == protocol.ErrorCode.BAD_REQUEST
+
+
+def test_cancel_during_training_is_quick_and_the_next_run_resumes(demo_ws, tmp_path):
+    """Acceptance 5: a cancel lands within 5 s, and the next run picks up from
+    the last checkpoint instead of starting over."""
+    ws = tmp_path / "ws"
+    shutil.copytree(demo_ws, ws, ignore=shutil.ignore_patterns("dense", "mesh", "splats"))
+    options = {"splats": {"steps": 400, "max_image_size": 64, "checkpoint_seconds": 1.0, "max_splats": 15000}}
+    backend = Backend(tmp_path)
+    try:
+        backend.handshake()
+        backend.send(protocol.RUN, job="s", photos=str(PHOTOS), workspace=str(ws), options=options,
+                     stages=["splats"])
+        checkpoint = ws / "splats.partial" / "checkpoint.pt"
+        while True:
+            event = backend.next()
+            assert event["type"] in (protocol.PROGRESS, protocol.LOG, protocol.WARNING), event
+            if event["type"] == protocol.PROGRESS and event["stage"] == "splats" and checkpoint.exists() \
+                    and event["fraction"] > 0.1:
+                break
+        backend.cancel_within("s", seconds=5.0)
+        saved = torch.load(checkpoint, weights_only=False)["step"]
+        assert 0 < saved < 399
+        assert read_json(ws / "job.json")["stages"]["splats"]["state"] == "cancelled"
+        backend.send(protocol.RUN, job="s2", photos=str(PHOTOS), workspace=str(ws), options=options,
+                     stages=["splats"])
+        result, events = backend.until(protocol.RESULT, protocol.ERROR)
+    finally:
+        backend.close()
+    assert result["type"] == protocol.RESULT, result
+    assert result["ran"] == ["splats"]
+    splats = result["summary"]["splats"]
+    assert splats["resumed_from_step"] == saved
+    assert any(e["type"] == protocol.LOG and f"resumed from the checkpoint at step {saved}" in e["message"]
+               for e in events)
+    assert (ws / "splats" / "splats.ply").is_file() and not (ws / "splats.partial").exists()
+    assert not (ws / "splats" / "checkpoint.pt").exists()
+
+
+def test_mcmc_keeps_its_budget_on_the_cpu(demo_ws, tmp_path):
+    """The MCMC option: gsplat's MCMCStrategy, with the relocation formula in
+    torch where gsplat has only a CUDA kernel; the splat count stays within
+    the budget it grows to."""
+    from backend.options import SplatOptions
+    from backend.splat_train import train_splats
+
+    result = train_splats(demo_ws / "undistorted", tmp_path, SplatOptions(
+        steps=100, max_image_size=48, strategy="mcmc", max_splats=14000, holdout_every=8), lambda f, m: None)
+    assert result["strategy"] == "mcmc"
+    assert 13000 < result["num_splats"] <= 14000  # grew by relocation and sampling, capped
+    assert np.isfinite(result["psnr"])
+
+
+def test_relocation_formula_matches_the_paper():
+    """Kheradmand et al. 2024, eq. 9: N copies of a splat with the new opacity
+    and scale composite like the original (checked for N = 1 and the opacity rule)."""
+    from gsplat.strategy import MCMCStrategy
+
+    from backend.splat_train import _cpu_mcmc_ops
+
+    _cpu_mcmc_ops()
+    import gsplat.strategy.ops as ops
+
+    binoms = MCMCStrategy().initialize_state()["binoms"]
+    opac = torch.tensor([0.3, 0.9, 0.5])
+    scales = torch.ones(3, 3)
+    new_o, new_s = ops.compute_relocation(opac, scales, torch.tensor([1, 3, 2]), binoms)
+    assert new_o.tolist() == pytest.approx([0.3, 1 - 0.1 ** (1 / 3), 1 - 0.5 ** 0.5], rel=1e-5)
+    assert new_s[0].tolist() == pytest.approx([1.0, 1.0, 1.0], rel=1e-5)  # one copy: unchanged
+    assert (new_s[1:] < 1).all()  # copies are smaller than the original
