@@ -150,6 +150,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(max_frame_bytes=args.max_frame_bytes)
 
 
+def cmd_previews(args: argparse.Namespace) -> int:
+    from backend.preview_blend import render_previews, report_lines
+
+    metrics = render_previews(args.workspace, args.engine, args.percentage, args.samples, not args.no_mesh,
+                              not args.no_splats)
+    print(f"{len(metrics['cameras'])} previews -> {args.workspace}/previews (contact_sheet.png, metrics.json)")
+    for line in report_lines(metrics):
+        print(line)
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from backend.demo import run_demo
 
@@ -170,6 +181,15 @@ def main(argv: list[str] | None = None) -> int:
     serve = sub.add_parser("serve", help="serve the Blender add-on over stdin/stdout")
     serve.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES)
     serve.set_defaults(func=cmd_serve)
+    previews = sub.add_parser("previews", help="render the mesh (through bpy) and the splats from every camera "
+                              "beside its photo; scores in WORKSPACE/previews/metrics.json")
+    previews.add_argument("workspace", help="a finished workspace")
+    previews.add_argument("--engine", choices=["WORKBENCH", "EEVEE", "CYCLES"], default="WORKBENCH")
+    previews.add_argument("--percentage", type=int, default=50, help="preview size, %% of each photo's")
+    previews.add_argument("--samples", type=int, default=16, help="EEVEE / Cycles samples")
+    previews.add_argument("--no-mesh", action="store_true", help="splats only")
+    previews.add_argument("--no-splats", action="store_true", help="mesh only")
+    previews.set_defaults(func=cmd_previews)
     demo = sub.add_parser("demo", help="render the synthetic scene, reconstruct it, report against ground truth")
     demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     demo.add_argument("--quality", choices=list(QUALITY_PRESETS), default="balanced")

@@ -12,6 +12,7 @@ from backend.cli import TerminalEvents
 from backend.evaluate import compare_poses, evaluate_synthetic
 from backend.options import JobOptions
 from backend.pipeline import run_job
+from backend.preview_blend import render_previews, report_lines
 from backend.synthetic_scene import SceneParams, ensure_scene
 
 # Without a GPU the demo trains splats small (a few minutes on 2 cores); with
@@ -28,9 +29,9 @@ def splat_options() -> dict:
 def run_demo(out: str | Path, quality: str = "balanced", scene: str | Path | None = None) -> int:
     out = Path(out).resolve()
     scene_dir = Path(scene).resolve() if scene else out / "scene"
-    print(f"1/3 synthetic scene -> {scene_dir} (rendered with Cycles on first use, then reused)")
+    print(f"1/4 synthetic scene -> {scene_dir} (rendered with Cycles on first use, then reused)")
     ensure_scene(scene_dir, SceneParams())
-    print(f"2/3 reconstruction -> {out / 'workspace'}")
+    print(f"2/4 reconstruction -> {out / 'workspace'}")
     result = run_job(scene_dir / "images", out / "workspace",
                      JobOptions.from_dict({"quality": quality, "splats": splat_options()}), TerminalEvents())
     summary = result.summary
@@ -42,10 +43,14 @@ def run_demo(out: str | Path, quality: str = "balanced", scene: str | Path | Non
               "splats": summary["splats"],
               "stage_seconds": summary["stage_seconds"], "workspace": str(result.workspace)}
     blend = out / "demo.blend"
-    print(f"3/3 Blender scene -> {blend}")
+    print(f"3/4 Blender scene -> {blend}")
     subprocess.run([sys.executable, "-m", "backend.demo_blend", str(out / "workspace"), str(blend), "demo"],
                    check=True, cwd=Path(__file__).resolve().parent.parent)
     report["blend"] = str(blend)
+    print("4/4 previews: the mesh (Workbench) and the splats from every camera, beside its photo")
+    metrics = render_previews(out / "workspace", percentage=50)
+    report["previews"] = {"mean": metrics["mean"], "worst": metrics["cameras"][0],
+                          "contact_sheet": str(out / "workspace" / metrics["contact_sheet"])}
     (out / "report.json").write_text(json.dumps(report, indent=2))
     print()
     print("Demo report (synthetic scene, ground truth known)")
@@ -68,7 +73,10 @@ def run_demo(out: str | Path, quality: str = "balanced", scene: str | Path | Non
     print(f"  splats                 {splats['num_splats']} after {splats['steps']} steps at "
           f"{splats['image_size'][0]}x{splats['image_size'][1]} px on {summary['device']['splats']}: held-out "
           f"PSNR {splats['psnr']:.2f} dB, SSIM {splats['ssim']:.3f} ({len(splats['held_out'])} photos, every 8th)")
-    print(f"  stage seconds          " + ", ".join(f"{k} {v:.1f}" for k, v in summary["stage_seconds"].items()))
+    print("  stage seconds          " + ", ".join(f"{k} {v:.1f}" for k, v in summary["stage_seconds"].items()))
     print(f"  Blender scene          {blend} (cameras, sparse and dense points, mesh, splats, imported by the add-on)")
+    for line in report_lines(metrics):
+        print(f"  previews               {line}")
+    print(f"  contact sheet          {report['previews']['contact_sheet']}")
     print(f"  report                 {out / 'report.json'}")
     return 0

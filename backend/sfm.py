@@ -14,7 +14,6 @@ from typing import Callable
 
 import pycolmap
 
-from backend.errors import ErrorCode, ReconstructError
 from backend.options import SfmOptions
 
 Progress = Callable[[float, str], None]

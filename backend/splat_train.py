@@ -25,12 +25,15 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from backend.errors import ErrorCode, ReconstructError
 from backend.options import SplatOptions
+
+if TYPE_CHECKING:
+    import torch
 
 Progress = Callable[[float, str], None]
 

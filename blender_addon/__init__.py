@@ -7,10 +7,10 @@ imported in register().
 
 
 def _modules():
-    from . import import_colmap, jobs, operators, panels, preferences, properties
+    from . import import_colmap, jobs, operators, panels, preview_ops, preferences, properties
     from .importers import cameras
 
-    return properties, preferences, cameras, operators, import_colmap, panels, jobs
+    return properties, preferences, cameras, operators, import_colmap, panels, preview_ops, jobs
 
 
 def register() -> None:
@@ -30,9 +30,10 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import import_colmap, jobs, properties
+    from . import import_colmap, jobs, preview_ops, properties
     from .importers import cameras
 
+    preview_ops.unregister()
     jobs.unregister()
     if cameras.sync_active_camera_resolution in bpy.app.handlers.depsgraph_update_post:
         bpy.app.handlers.depsgraph_update_post.remove(cameras.sync_active_camera_resolution)

@@ -36,6 +36,7 @@ class Runner:
         self.pending_run: dict | None = None  # sent once the handshake succeeds
         self.result: dict | None = None
         self.tick_durations: list[float] = []  # seconds per timer call, for tests and diagnostics
+        self.render_replies: dict = {}  # request id -> RENDER (or ERROR) event, for the previews
 
     @property
     def running(self) -> bool:
@@ -118,8 +119,17 @@ class Runner:
             _set(settings, state=state, finished=time.time(), **fields)
         self.job_id = self.pending_run = None
 
+    def pump(self) -> None:
+        """Handle whatever the backend has sent (never blocks)."""
+        if self.client is not None:
+            for msg in self.client.poll():
+                self.handle(msg)
+
     def handle(self, msg: dict) -> None:
         kind = msg["type"]
+        if msg.get("id") is not None and kind in (protocol.RENDER, protocol.ERROR):
+            self.render_replies[msg["id"]] = msg  # a reply to a render request, not about the job
+            return
         settings = self._settings()
         if kind == protocol.HANDSHAKE:
             if msg.get("protocol") != protocol.PROTOCOL_VERSION:
@@ -195,8 +205,7 @@ class Runner:
                 return TICK_SECONDS
             if self.client is None:
                 return None
-            for msg in self.client.poll():
-                self.handle(msg)
+            self.pump()
             if not self.client.alive and self.client.events.empty() and self.job_id is None:
                 return None
             _redraw()

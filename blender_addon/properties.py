@@ -21,6 +21,22 @@ class ReconstructMessage(bpy.types.PropertyGroup):
     text: StringProperty()
 
 
+class ReconstructPreviewScore(bpy.types.PropertyGroup):
+    camera: StringProperty()
+    has_mesh: BoolProperty()
+    psnr: FloatProperty()
+    ssim: FloatProperty()
+    has_splats: BoolProperty()
+    splat_psnr: FloatProperty()
+    splat_ssim: FloatProperty()
+
+
+def _score_selected(settings, context):
+    from .preview_ops import on_score_selected
+
+    on_score_selected(settings, context)
+
+
 class ReconstructSettings(bpy.types.PropertyGroup):
     photos_dir: StringProperty(name="Photos", subtype="DIR_PATH",
                                description="Folder of photos of one subject (read only, never modified)")
@@ -44,6 +60,24 @@ class ReconstructSettings(bpy.types.PropertyGroup):
     point_size: FloatProperty(name="Point Size", default=0.01, min=0.0001, soft_max=0.2, precision=4,
                               description="Radius of the imported points")
 
+    # Previews.
+    preview_engine: EnumProperty(name="Engine", default="WORKBENCH", items=[
+        ("WORKBENCH", "Workbench", "Fast: colours unlit, as the mesh's vertex colours are"),
+        ("EEVEE", "EEVEE", "Materials and lights, real time"),
+        ("CYCLES", "Cycles", "Materials and lights, path traced: slowest, closest to a photo")])
+    preview_percentage: IntProperty(name="Resolution %", default=50, min=5, max=100, subtype="PERCENTAGE",
+                                    description="Preview size relative to each photo's")
+    preview_samples: IntProperty(name="Samples", default=16, min=1, max=4096,
+                                 description="Render samples for EEVEE and Cycles previews")
+    preview_splats: BoolProperty(name="Splats", default=True,
+                                 description="Also render the job's splats (by the backend) from each camera")
+    preview_state: StringProperty()
+    preview_message: StringProperty()
+    preview_progress: FloatProperty(min=0.0, max=1.0, subtype="FACTOR")
+    preview_scores: CollectionProperty(type=ReconstructPreviewScore)
+    preview_index: IntProperty(update=_score_selected)
+    preview_contact_sheet: StringProperty(subtype="FILE_PATH")
+
     # Status, written by the job timer.
     state: EnumProperty(items=STATE_ITEMS, default="IDLE")
     stage: StringProperty()
@@ -59,7 +93,7 @@ class ReconstructSettings(bpy.types.PropertyGroup):
     collection: StringProperty()
 
 
-classes = (ReconstructMessage, ReconstructSettings)
+classes = (ReconstructMessage, ReconstructPreviewScore, ReconstructSettings)
 
 
 def register() -> None:

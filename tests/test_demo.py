@@ -52,3 +52,15 @@ def test_demo_writes_a_blend_with_the_imported_cameras_and_points(demo):
     assert len(bpy.data.objects["demo splats"].data.vertices) == read_json(out / "report.json")["splats"]["num_splats"]
     assert len(bpy.data.objects["demo mesh"].data.polygons) > 10000
     bpy.ops.wm.read_factory_settings(use_empty=True)
+
+
+def test_demo_ends_with_previews_of_every_camera(demo):
+    """The demo's last step: previews of the mesh and the splats from all 24
+    cameras, with the mean and worst scores printed."""
+    out, proc = demo
+    assert "previews               mesh: mean PSNR" in proc.stdout and "worst:" in proc.stdout
+    report = read_json(out / "report.json")["previews"]
+    metrics = read_json(out / "workspace" / "previews" / "metrics.json")
+    assert len(metrics["cameras"]) == 24 and report["worst"] == metrics["cameras"][0]
+    assert report["mean"]["mesh"]["psnr"] > 15 and report["mean"]["splats"]["psnr"] > 15
+    assert (out / "workspace" / "previews" / "contact_sheet.png").is_file()
