@@ -89,19 +89,21 @@ def test_the_true_mesh_seen_through_a_recovered_camera_matches_its_photo(demo_ru
 
 
 @pytest.fixture(scope="module")
-def temple_with_splats(temple, temple_run, tmp_path_factory):
-    """The temple run (cameras, dense points, mesh) plus small splats."""
-    ws = tmp_path_factory.mktemp("temple-splats") / "ws"
-    shutil.copytree(temple_run, ws)
-    run_backend("run", temple / "images", "--workspace", ws, "--stages", "mesh", "splats", "--splat-steps", "150",
-                "--splat-size", "96", check=True)
+def real_run(fountain, fountain_run, tmp_path_factory):
+    """fountain-P11 (the shared run's cameras, photos at 1000 px) with a small
+    mesh (depth at 400 px) and small splats (150 steps at 96 px)."""
+    ws = tmp_path_factory.mktemp("fountain-previews") / "ws"
+    shutil.copytree(fountain_run, ws)
+    run_backend("run", fountain / "images", "--workspace", ws, "--max-image-size", "1000", "--undistort-max-size",
+                "1000", "--stages", "mesh", "splats", "--dense-max-size", "400", "--face-budget", "50000",
+                "--splat-steps", "150", "--splat-size", "96", check=True)
     return ws
 
 
-def test_previews_from_the_command_line_cover_every_registered_photo(temple_with_splats):
+def test_previews_from_the_command_line_cover_every_registered_photo(real_run):
     """Acceptance 2 (command line): mesh (through bpy) and splats previews for
     every registered photo; the contact sheet and metrics.json agree."""
-    ws = temple_with_splats
+    ws = real_run
     proc = run_backend("previews", ws, "--percentage", "25", check=True)
     assert "worst:" in proc.stdout and "splats: mean PSNR" in proc.stdout and "mesh: mean PSNR" in proc.stdout
     metrics = read_json(ws / "previews" / "metrics.json")
@@ -148,16 +150,16 @@ def _drive(session, timeout=600):
 def _import(ws):
     from blender_addon.results import import_workspace
 
-    return import_workspace(ws, "temple", bpy.context.scene)
+    return import_workspace(ws, "fountain", bpy.context.scene)
 
 
-def test_the_sidebar_renders_previews_scores_cameras_and_lists_them_worst_first(temple_with_splats, addon):
+def test_the_sidebar_renders_previews_scores_cameras_and_lists_them_worst_first(real_run, addon):
     """Acceptance 2 and 4 (in Blender): every camera gets mesh and splat scores
     equal to metrics.json; each timer call does at most one render; the list
     is worst first and clicking an entry makes that camera active."""
     from blender_addon.previews import job_cameras
 
-    collection = _import(temple_with_splats)
+    collection = _import(real_run)
     scene = bpy.context.scene
     before = (scene.render.engine, scene.render.resolution_x, scene.render.film_transparent, scene.camera)
     session = _start()
@@ -165,7 +167,7 @@ def test_the_sidebar_renders_previews_scores_cameras_and_lists_them_worst_first(
     assert session.state == "DONE", session.message
     assert max(session.renders_per_tick) == 1 and sum(session.renders_per_tick) == len(job_cameras(collection))
     assert (scene.render.engine, scene.render.resolution_x, scene.render.film_transparent, scene.camera) == before
-    metrics = read_json(temple_with_splats / "previews" / "metrics.json")
+    metrics = read_json(real_run / "previews" / "metrics.json")
     by_name = {c["camera"]: c for c in metrics["cameras"]}
     for cam in job_cameras(collection):
         assert cam["reconstruct_psnr"] == pytest.approx(by_name[cam.name]["mesh"]["psnr"])
@@ -180,11 +182,11 @@ def test_the_sidebar_renders_previews_scores_cameras_and_lists_them_worst_first(
     assert bpy.data.images["Reconstruct contact sheet"].size[0] > 0
 
 
-def test_cancelled_previews_stop_before_the_next_render_and_restore_the_scene(temple_with_splats, addon):
+def test_cancelled_previews_stop_before_the_next_render_and_restore_the_scene(real_run, addon):
     """Acceptance 4: Cancel is seen between renders."""
     from blender_addon.preview_ops import preview_runner
 
-    _import(temple_with_splats)
+    _import(real_run)
     scene = bpy.context.scene
     before = (scene.render.engine, scene.render.resolution_percentage, scene.view_settings.view_transform)
     session = _start(splats=False)
@@ -198,7 +200,7 @@ def test_cancelled_previews_stop_before_the_next_render_and_restore_the_scene(te
     assert scene.reconstruct.preview_state == "CANCELLED"
 
 
-def test_deleting_faces_changes_the_scores_of_the_cameras_that_saw_them_and_only_those(temple_with_splats,
+def test_deleting_faces_changes_the_scores_of_the_cameras_that_saw_them_and_only_those(real_run,
                                                                                        tmp_path, addon):
     """Acceptance 3: edits count. Faces near a point the first camera sees
     are deleted; cameras that had them in view score differently, the others
@@ -206,7 +208,7 @@ def test_deleting_faces_changes_the_scores_of_the_cameras_that_saw_them_and_only
     from blender_addon.previews import job_cameras
 
     ws = tmp_path / "ws"
-    shutil.copytree(temple_with_splats, ws, ignore=shutil.ignore_patterns("dense", "splats", "previews"))
+    shutil.copytree(real_run, ws, ignore=shutil.ignore_patterns("dense", "splats", "previews"))
     collection = _import(ws)
     cameras = job_cameras(collection)
     session = _start(cameras, splats=False)
