@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +41,7 @@ CONTACT_SHEET = "contact_sheet.png"
 KEYS = {("mesh", "psnr"): "reconstruct_psnr", ("mesh", "ssim"): "reconstruct_ssim",
         ("mesh", "coverage"): "reconstruct_coverage", ("splats", "psnr"): "reconstruct_splat_psnr",
         ("splats", "ssim"): "reconstruct_splat_ssim", ("splats", "coverage"): "reconstruct_splat_coverage"}
+_WORK_IMAGE = "reconstruct preview work"
 ENGINES = {"WORKBENCH": "BLENDER_WORKBENCH", "EEVEE": "BLENDER_EEVEE", "CYCLES": "CYCLES"}
 
 
@@ -162,6 +165,9 @@ class PreviewSession:
         self.cameras = [c.name for c in cameras]
         self.workspace = Path(workspace)
         self.out = self.workspace / PREVIEWS_DIR
+        # Written here and moved into place when every camera is done: a cancelled
+        # or failed session leaves the last finished previews as they were.
+        self.work = self.workspace / (PREVIEWS_DIR + ".partial")
         self.engine, self.splats, self.render_scene = engine, splats, render_scene
         self.percentage, self.samples = percentage, samples
         self.hide = [o.name for o in (hide if hide is not None else _aids(scene))]
@@ -195,7 +201,8 @@ class PreviewSession:
         started, renders = time.perf_counter(), 0
         try:
             if self._saved is None:
-                self.out.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(self.work, ignore_errors=True)
+                self.work.mkdir(parents=True)
                 self._saved = self._save_settings()  # restored by stop(), whatever happens next
                 self._apply_settings()
             cam = bpy.data.objects[self.cameras[self.index]]
@@ -229,6 +236,9 @@ class PreviewSession:
         if self._saved is not None:
             self._restore(self._saved)
             self._saved = None
+        if (work_image := bpy.data.images.get(_WORK_IMAGE)) is not None:
+            bpy.data.images.remove(work_image)
+        shutil.rmtree(self.work, ignore_errors=True)
         self.state, self.message = state, message
 
     # The work -----------------------------------------------------------------
@@ -240,7 +250,7 @@ class PreviewSession:
 
     def _render(self, cam) -> np.ndarray:
         scene = self.scene
-        path = self.out / "renders" / f"{cam.name}.png"
+        path = self.work / "renders" / f"{cam.name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         scene.render.filepath = str(path)
         bpy.ops.render.render(write_still=True, scene=scene.name)
@@ -253,33 +263,34 @@ class PreviewSession:
             raise ValueError(f"camera {cam.name} has no photo (background image) to compare with")
         size = scene_rgba.shape[:2] if scene_rgba is not None else splat.shape[:2]
         photo = preview_math.shrink(image_pixels(photo_image)[..., :3], size[1], size[0])
-        result = CameraResult(cam.name, bpy.path.abspath(photo_image.filepath))
-        renders = []
+        result = CameraResult(cam.name, bpy.path.abspath(photo_image.filepath),
+                              preview=f"{PREVIEWS_DIR}/{cam.name}.png")
+        renders = [rgba for rgba in (scene_rgba, splat) if rgba is not None]
         for source, rgba in (("mesh", scene_rgba), ("splats", splat)):
-            if rgba is None:
-                continue
-            result.scores[source] = preview_math.scores(photo, rgba)
-            renders.append(rgba)
-            for metric, value in result.scores[source].items():
-                key = KEYS[(source, metric)]
-                if value is None:
-                    cam.pop(key, None)
-                else:
-                    cam[key] = value
-        result.preview = f"{PREVIEWS_DIR}/{cam.name}.png"
-        save_png(preview_math.side_by_side(photo, renders), self.workspace / result.preview,
-                 name="reconstruct preview work")
+            if rgba is not None:
+                result.scores[source] = preview_math.scores(photo, rgba)
+        save_png(preview_math.side_by_side(photo, renders), self.work / f"{cam.name}.png", name=_WORK_IMAGE)
         self.results.append(result)
         self.index += 1
 
     def _finish(self) -> None:
         ordered = sorted(self.results, key=CameraResult.sort_key)
-        sheet_rows = [load_png(self.workspace / r.preview)[..., :3] for r in ordered]
-        sheet = save_png(preview_math.contact_sheet(sheet_rows), self.out / CONTACT_SHEET,
+        sheet_rows = [load_png(self.work / f"{r.camera}.png")[..., :3] for r in ordered]
+        sheet = save_png(preview_math.contact_sheet(sheet_rows), self.work / CONTACT_SHEET,
                          name="Reconstruct contact sheet")
-        bpy.data.images.remove(bpy.data.images["reconstruct preview work"])
-        metrics = write_metrics(self.out / METRICS_FILE, ordered, self.engine if self.render_scene else None,
+        metrics = write_metrics(self.work / METRICS_FILE, ordered, self.engine if self.render_scene else None,
                                 str(self.workspace))
+        shutil.rmtree(self.out, ignore_errors=True)
+        os.replace(self.work, self.out)
+        sheet.filepath_raw = str(self.out / CONTACT_SHEET)
+        for result in self.results:  # the cameras' scores change only with metrics.json
+            cam = bpy.data.objects[result.camera]
+            for (source, metric), key in KEYS.items():
+                value = result.scores.get(source, {}).get(metric)
+                if value is None:
+                    cam.pop(key, None)
+                else:
+                    cam[key] = value
         self.stop("DONE", _summary_line(metrics))
         show_in_image_editor(sheet)
 

@@ -183,12 +183,16 @@ def test_the_sidebar_renders_previews_scores_cameras_and_lists_them_worst_first(
 
 
 def test_cancelled_previews_stop_before_the_next_render_and_restore_the_scene(real_run, addon):
-    """Acceptance 4: Cancel is seen between renders."""
+    """Acceptance 4: Cancel is seen between renders, and leaves the scene and
+    the last finished previews as they were."""
     from blender_addon.preview_ops import preview_runner
+
+    from conftest import tree_digest
 
     _import(real_run)
     scene = bpy.context.scene
     before = (scene.render.engine, scene.render.resolution_percentage, scene.view_settings.view_transform)
+    finished = tree_digest(real_run / "previews")  # the last finished previews
     session = _start(splats=False)
     while sum(session.renders_per_tick) < 2:
         preview_runner.tick()
@@ -198,6 +202,7 @@ def test_cancelled_previews_stop_before_the_next_render_and_restore_the_scene(re
     assert session.state == "CANCELLED" and sum(session.renders_per_tick) == renders == 2
     assert (scene.render.engine, scene.render.resolution_percentage, scene.view_settings.view_transform) == before
     assert scene.reconstruct.preview_state == "CANCELLED"
+    assert tree_digest(real_run / "previews") == finished and not (real_run / "previews.partial").exists()
 
 
 def test_deleting_faces_changes_the_scores_of_the_cameras_that_saw_them_and_only_those(real_run,
