@@ -3,7 +3,8 @@
 The recipe is gsplat's simple trainer (Kerbl et al. 2023 with gsplat's
 defaults): splats start at the sparse points, with the mean distance to their
 three nearest neighbours as scale; Adam per parameter with gsplat's learning
-rates (the means' decaying to 1% over the run); loss 0.8 L1 + 0.2 (1 - SSIM);
+rates (the means' decaying to 1% over the run; raised for runs under 3000
+steps, see learning_rates); loss 0.8 L1 + 0.2 (1 - SSIM);
 spherical-harmonic degrees switched on one by one; densification by gsplat's
 DefaultStrategy or MCMCStrategy with their schedules scaled to the number of
 steps. One photo per step, in a shuffled order fixed by the seed.
@@ -42,6 +43,8 @@ SSIM_LAMBDA = 0.2
 # gsplat simple_trainer's learning rates (means: times the scene scale).
 LEARNING_RATES = {"means": 1.6e-4, "scales": 5e-3, "quats": 1e-3, "opacities": 5e-2, "sh0": 2.5e-3,
                   "shN": 2.5e-3 / 20}
+# How much of the short-run boost (see learning_rates) each group takes.
+BOOST_POWER = {"means": 1.0, "scales": 0.5, "opacities": 0.4, "sh0": 0.4}
 BACKGROUND_LR = 1e-2
 MCMC_REG = 0.01  # opacity and scale regularisation that the MCMC strategy expects
 
@@ -146,10 +149,23 @@ def init_params(points: np.ndarray, colors: np.ndarray, opts: SplatOptions, devi
     return {name: torch.nn.Parameter(v) for name, v in params.items()}
 
 
-def make_optimizers(params: dict, scale: float) -> dict:
+def learning_rates(steps: int) -> dict:
+    """gsplat's learning rates, raised for runs under 3000 steps.
+
+    gsplat's are tuned for 7k-30k steps; a CPU run of a few hundred steps at
+    them stops far from converged. Below 3000 steps they are multiplied by
+    boost ** BOOST_POWER[group], boost = (3000 / steps) ** 2 (at most 16).
+    On the synthetic scene, 600 steps at 128x96 px, held-out PSNR went from
+    20.9 dB at gsplat's rates to 22.5 dB with the means' x16, scales' x4 and
+    opacities' and colours' x3 (x2 on all six groups: 21.9 dB)."""
+    boost = min(16.0, (3000 / steps) ** 2) if steps < 3000 else 1.0
+    return {name: lr * boost ** BOOST_POWER.get(name, 0.0) for name, lr in LEARNING_RATES.items()}
+
+
+def make_optimizers(params: dict, scale: float, rates: dict) -> dict:
     import torch
 
-    return {name: torch.optim.Adam([{"params": p, "lr": LEARNING_RATES[name] * (scale if name == "means" else 1),
+    return {name: torch.optim.Adam([{"params": p, "lr": rates[name] * (scale if name == "means" else 1),
                                      "name": name}], eps=1e-15)
             for name, p in params.items()}
 
@@ -233,12 +249,13 @@ def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress:
     train, test = split_views([f.name for f in frames], opts.holdout_every)
     scale = scene_scale(frames)
     schedule = Schedule(opts.steps)
+    rates = learning_rates(opts.steps)
     strategy = make_strategy(opts, schedule, device)
     checkpoint = out_dir / CHECKPOINT
     if checkpoint.exists():
         state = torch.load(checkpoint, map_location=device, weights_only=False)
         params = {k: torch.nn.Parameter(v) for k, v in state["params"].items()}
-        optimizers = make_optimizers(params, scale)
+        optimizers = make_optimizers(params, scale, rates)
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         background = torch.nn.Parameter(state["background"])
@@ -247,7 +264,7 @@ def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress:
         strategy_state, start, spent = state["strategy"], state["step"] + 1, state["seconds"]
     else:
         params = init_params(points, colors, opts, device, torch.Generator().manual_seed(opts.seed))
-        optimizers = make_optimizers(params, scale)
+        optimizers = make_optimizers(params, scale, rates)
         background = torch.nn.Parameter(torch.full((3,), 0.5, device=device))
         bg_optimizer = torch.optim.Adam([background], lr=BACKGROUND_LR)
         strategy_state = (strategy.initialize_state(scene_scale=scale) if opts.strategy == "default"
@@ -264,7 +281,7 @@ def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress:
         step_began = time.perf_counter()
         torch.manual_seed(opts.seed * 1_000_003 + step)  # a resumed run draws what the first would have
         frame = frames[_view_for_step(train, step, opts.seed)]
-        means_lr = LEARNING_RATES["means"] * scale * 0.01 ** (step / opts.steps)
+        means_lr = rates["means"] * scale * 0.01 ** (step / opts.steps)
         optimizers["means"].param_groups[0]["lr"] = means_lr
         width, height = frame.size
         rgb, alpha, info = render_params(params, frame.viewmat, frame.K, width, height,
@@ -298,7 +315,7 @@ def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress:
         if now - last_report >= 0.5 or step + 1 == opts.steps:
             rate = (step + 1 - start) / (now - began)
             progress(0.98 * (step + 1) / opts.steps, f"step {step + 1}/{opts.steps}: {len(params['means'])} splats, "
-                     f"{rate:.1f} steps/s, loss {loss_value:.4f}")
+                     f"{rate:.1f} steps/s, loss {loss_value:.4f}, {_time_left((opts.steps - step - 1) / rate)}")
             last_report = now
     seconds = spent + time.perf_counter() - began
 
@@ -328,6 +345,12 @@ def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress:
     checkpoint.unlink(missing_ok=True)
     progress(1.0, f"{len(splats)} splats" + (f", held-out PSNR {result['psnr']:.2f} dB" if scores else ""))
     return result
+
+
+def _time_left(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s left"
+    return f"{seconds / 60:.0f} min left" if seconds < 5400 else f"{seconds / 3600:.1f} h left"
 
 
 def _view_for_step(train: list[int], step: int, seed: int) -> int:

@@ -17,20 +17,12 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("RECONSTRUCT_DATA", REPO.parent / "shared" / "data"))
-RESULTS = REPO / "benchmarks" / "results"
-
-
-def backend(*args) -> None:
-    subprocess.run([sys.executable, "-m", "backend", *map(str, args)], cwd=REPO, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+from common import DATA, RESULTS, backend  # noqa: E402
 
 
 def main() -> int:

@@ -73,6 +73,66 @@ def _random_splats(n, device, seed=0):
             (torch.randn(n, 16, 3, generator=g) * 0.3).to(device))
 
 
+def _composite_every_pixel(means, quats, scales, opacities, rgb, viewmat, K, width, height):
+    """The compositing written the plain way: every splat on every pixel,
+    transmittance by a cumulative product, gradients by autograd."""
+    from backend import splat_raster as sr
+
+    # The projection written the plain way too: the covariance and the Jacobian as matrices.
+    rot = sr.quat_to_rotmat(quats) * scales[:, None, :]
+    R, t = viewmat[:3, :3], viewmat[:3, 3]
+    x, y, z = (means @ R.T + t).unbind(-1)
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    zero = torch.zeros_like(z)
+    J = torch.stack([fx / z, zero, -fx * x / z**2, zero, fy / z, -fy * y / z**2], -1).reshape(-1, 2, 3)
+    cov2d = J @ R @ rot @ rot.transpose(1, 2) @ R.T @ J.transpose(1, 2) + sr.EPS2D * torch.eye(2)
+    mean2d = torch.stack([fx * x / z + cx, fy * y / z + cy], -1)
+    conic = torch.linalg.inv(cov2d)
+    ys, xs = torch.meshgrid(torch.arange(height) + 0.5, torch.arange(width) + 0.5, indexing="ij")
+    d = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)[None] - mean2d[:, None]  # [N, HW, 2]
+    sigma = 0.5 * torch.einsum("npi,nij,npj->np", d, conic, d)
+    alpha = torch.clamp(opacities[:, None] * torch.exp(-sigma), max=sr.ALPHA_MAX)
+    alpha = alpha * (alpha >= sr.ALPHA_MIN)
+    alpha = alpha[torch.argsort(z)]
+    keep = torch.cumprod(1 - alpha, 0)
+    before = torch.cat([torch.ones_like(keep[:1]), keep[:-1]])
+    weight = before * alpha * (keep.detach() > sr.T_MIN)
+    image = (weight[..., None] * rgb[torch.argsort(z)][:, None]).sum(0)
+    return image.reshape(height, width, 3), weight.sum(0).reshape(height, width, 1)
+
+
+def test_the_rasteriser_gradients_equal_autograd_of_the_plain_formula():
+    """Our compositing's hand-written backward (what makes CPU training fast)
+    against autograd through the same maths done pixel by pixel."""
+    from backend.splat_raster import rasterize
+
+    viewmat, K = _camera(60.0, 64.0, 20.3, 15.7, 40, 30)
+    g = torch.Generator().manual_seed(3)
+    n = 30
+    # Inside the view: gsplat's Jacobian clipping (which the plain formula lacks) stays out of it.
+    means = (torch.randn(n, 3, generator=g) * 0.3).clamp(-0.6, 0.6) + torch.tensor([0.0, 0.0, 3.0])
+    inputs = [means, torch.randn(n, 4, generator=g),
+              torch.exp(torch.randn(n, 3, generator=g) * 0.3 - 2.5), torch.sigmoid(torch.randn(n, generator=g)),
+              torch.rand(n, 3, generator=g)]
+    weights = torch.randn(30, 40, 4, generator=g)
+    grads, images = [], []
+    for render in (lambda *a: rasterize(*a, viewmat, K, 40, 30)[:2],
+                   lambda *a: _composite_every_pixel(*a, viewmat[0], K[0], 40, 30)):
+        leaves = [x.clone().requires_grad_(True) for x in inputs]
+        rgb, alpha = render(*leaves)
+        rgb, alpha = rgb.reshape(30, 40, 3), alpha.reshape(30, 40, 1)
+        (torch.cat([rgb, alpha], -1) * weights).sum().backward()
+        images.append(torch.cat([rgb, alpha], -1).detach())
+        grads.append([x.grad for x in leaves])
+    # Overlapping and mostly covered, but no pixel near the 1e-4 transmittance cut, where a
+    # rounding difference would decide whether a splat counts.
+    coverage = images[1][..., 3]
+    assert 0.9 < coverage.max() < 0.999 and (coverage > 0.01).float().mean() > 0.5
+    torch.testing.assert_close(images[0], images[1], atol=1e-5, rtol=1e-4)
+    for name, ours, plain in zip(("means", "quats", "scales", "opacities", "colours"), *grads):
+        torch.testing.assert_close(ours, plain, atol=1e-4 * plain.abs().max().item(), rtol=1e-3, msg=name)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU: gsplat's rasteriser needs one to compare with")
 def test_our_cpu_rasteriser_matches_gsplat():
     from gsplat import rasterization
@@ -89,14 +149,15 @@ def test_our_cpu_rasteriser_matches_gsplat():
 
 
 def test_splats_score_on_held_out_photos(demo_ws):
-    """Acceptance 1: the demo's CPU training (backend.demo.CPU_SPLATS: 1500
-    steps on the 24 synthetic photos at 128 x 96 px) reaches at least 22 dB
-    on the photos it never saw, every 8th by name."""
+    """Acceptance 1: the demo's CPU training (backend.demo.CPU_SPLATS: 800
+    steps on the 21 training photos at 128 x 96 px, about 2 minutes on 2
+    cores) reaches at least 22 dB on the 3 photos it never saw, every 8th by
+    name (measured 22.8 dB, SSIM 0.87)."""
     summary = read_json(demo_ws / "summary.json")
     splats = summary["splats"]
     assert splats["held_out"] == ["view_000.png", "view_008.png", "view_016.png"]
     if summary["device"]["splats"] == "cpu":
-        assert splats["image_size"] == [128, 96] and splats["steps"] == 1500
+        assert splats["image_size"] == [128, 96] and splats["steps"] == 800
     assert splats["psnr"] >= 22.0, splats
     assert splats["ssim"] >= 0.8, splats
     info = read_json(demo_ws / "splats" / "splats.json")
@@ -176,7 +237,7 @@ def test_cancel_during_training_is_quick_and_the_next_run_resumes(demo_ws, tmp_p
     the last checkpoint instead of starting over."""
     ws = tmp_path / "ws"
     shutil.copytree(demo_ws, ws, ignore=shutil.ignore_patterns("dense", "mesh", "splats"))
-    options = {"splats": {"steps": 400, "max_image_size": 64, "checkpoint_seconds": 1.0, "max_splats": 15000}}
+    options = {"splats": {"steps": 200, "max_image_size": 64, "checkpoint_seconds": 0.5, "max_splats": 15000}}
     backend = Backend(tmp_path)
     try:
         backend.handshake()
@@ -191,7 +252,7 @@ def test_cancel_during_training_is_quick_and_the_next_run_resumes(demo_ws, tmp_p
                 break
         backend.cancel_within("s", seconds=5.0)
         saved = torch.load(checkpoint, weights_only=False)["step"]
-        assert 0 < saved < 399
+        assert 0 < saved < 199
         assert read_json(ws / "job.json")["stages"]["splats"]["state"] == "cancelled"
         backend.send(protocol.RUN, job="s2", photos=str(PHOTOS), workspace=str(ws), options=options,
                      stages=["splats"])
