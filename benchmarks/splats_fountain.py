@@ -62,10 +62,11 @@ def main() -> int:
                      "held_out": s["held_out"], "stage_wall_seconds": round(wall, 1)})
     RESULTS.mkdir(exist_ok=True)
     meta = {"machine": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d")}
+            "date": time.strftime("%Y-%m-%d"), "command": " ".join(["benchmarks/splats_fountain.py", *sys.argv[1:]])}
     (RESULTS / "splats_fountain.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     lines = ["# Splat training on fountain-P11", "",
-             f"{meta['date']}, {meta['machine']}, torch {meta['torch']}. Every 8th photo held out.", "",
+             f"{meta['date']}, {meta['machine']}, torch {meta['torch']}. Every 8th photo held out.",
+             f"`{meta['command']}`", "",
              "| device | steps | size | splats | steps/s | train s | first step s | PSNR | SSIM |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
