@@ -47,8 +47,8 @@ def run_demo(out: str | Path, quality: str = "balanced", scene: str | Path | Non
     subprocess.run([sys.executable, "-m", "backend.demo_blend", str(out / "workspace"), str(blend), "demo"],
                    check=True, cwd=Path(__file__).resolve().parent.parent)
     report["blend"] = str(blend)
-    # On the CPU the splats were trained at 128 px: previews at that size (20% of 640) show them as trained.
-    percentage = 50 if str(summary["device"]["splats"]).startswith("cuda") else 20
+    # Previews no larger than the photos the splats trained on (128 px on the CPU: 20%) show them as trained.
+    percentage = min(50, round(100 * summary["splats"]["image_size"][0] / SceneParams().width))
     print(f"4/4 previews: the mesh (Workbench) and the splats from every camera, beside its photo, at {percentage}%")
     metrics = render_previews(out / "workspace", percentage=percentage)
     report["previews"] = {"mean": metrics["mean"], "worst": metrics["cameras"][0],

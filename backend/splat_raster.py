@@ -276,26 +276,24 @@ class _TileComposite(torch.autograd.Function):
         out = torch.zeros(monomials.shape[1] * n_tiles, 4, dtype=alpha.dtype, device=alpha.device)
         out.index_add_(0, segment, torch.cat([rgb.index_select(0, pair), torch.ones_like(alpha)[:, None]], 1)
                        * weight[:, None])
-        ctx.save_for_backward(opacities, rgb, monomials, entry, segment, last, alpha, transmittance)
-        ctx.shape = (monomials.shape[1], n_pairs)
+        ctx.save_for_backward(opacities, rgb, monomials, entry, segment, first, last, alpha, transmittance)
         return out.reshape(-1, n_tiles, 4).transpose(0, 1)
 
     @staticmethod
     def backward(ctx, grad):
-        opacities, rgb, monomials, entry, segment, last, alpha, transmittance = ctx.saved_tensors
-        n_pairs = ctx.shape[1]
-        pair = entry % n_pairs
+        opacities, rgb, monomials, entry, segment, first, last, alpha, transmittance = ctx.saved_tensors
+        pair = entry % len(opacities)
         weight = transmittance * alpha
         grad = grad.transpose(0, 1).reshape(-1, 4).index_select(0, segment)  # [M, 4], by (pixel, tile)
         d_weight = (grad[:, :3] * rgb.index_select(0, pair)).sum(1) + grad[:, 3]
         d_rgb = torch.zeros_like(rgb).index_add_(0, pair, weight[:, None] * grad[:, :3])
-        upto = _cumsum_within(weight * d_weight, _runs(segment)[0])
+        upto = _cumsum_within(weight * d_weight, first)
         later = (upto.index_select(0, last) - upto).to(alpha.dtype)
         # Clamped (alpha = ALPHA_MAX) and skipped entries pass no gradient, as in gsplat.
         live = (alpha > 0) & (alpha < ALPHA_MAX)
         d_alpha = (transmittance * d_weight - later / (1 - alpha)) * live
         # alpha = o exp(-sigma): dalpha/do = alpha / o, dalpha/dsigma = -alpha.
-        scaled = torch.zeros(ctx.shape, dtype=alpha.dtype, device=alpha.device)
+        scaled = torch.zeros(monomials.shape[1], len(opacities), dtype=alpha.dtype, device=alpha.device)
         scaled.view(-1)[entry] = d_alpha * alpha
         d_opacities = scaled.sum(0) / opacities
         d_coeffs = -(monomials @ scaled).T

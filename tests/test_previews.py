@@ -260,21 +260,19 @@ def test_deleting_faces_changes_the_scores_of_the_cameras_that_saw_them_and_only
 
 
 def _project(scene, cam, points):
-    """Normalised frame coordinates (x, y: 0..1 across the frame) and depth of
-    `points` in `cam` at its photo's resolution: bpy_extras' world_to_camera_view,
-    for many points at once."""
+    """Frame coordinates (x, y: 0..1 across the frame, y up) and depth of
+    `points` in `cam` at its photo's resolution: the intrinsics the previews
+    send the backend, through COLMAP's projection."""
+    from blender_addon.camera_math import blender_matrix_to_colmap
     from blender_addon.importers.cameras import apply_camera_resolution
+    from blender_addon.previews import camera_pixels
+    from projection import colmap_project
 
     apply_camera_resolution(scene, cam)
-    to_camera = np.array(cam.matrix_world.normalized().inverted())
-    local = points @ to_camera[:3, :3].T + to_camera[:3, 3]
-    z = -local[:, 2]
-    top_right, bottom_right, bottom_left = (np.array(v) for v in cam.data.view_frame(scene=scene)[:3])
-    # The frame's edges at depth z: world_to_camera_view scales view_frame's corners to it.
-    slope = lambda v: v[:2] / -v[2]  # noqa: E731
-    (min_x, min_y), (max_x, max_y) = slope(bottom_left), (slope(bottom_right)[0], slope(top_right)[1])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return (local[:, 0] / z - min_x) / (max_x - min_x), (local[:, 1] / z - min_y) / (max_y - min_y), z
+    c = camera_pixels(scene, cam)
+    R, t = blender_matrix_to_colmap(np.array(cam.matrix_world))
+    uv = colmap_project(R, t, c["fx"], c["fy"], c["cx"], c["cy"], points)
+    return uv[:, 0] / c["width"], 1 - uv[:, 1] / c["height"], (points @ R.T + t)[:, 2]
 
 
 def _in_view(scene, cam, points, margin=0.05):
