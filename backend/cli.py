@@ -40,6 +40,9 @@ class TerminalEvents:
     def log(self, message: str) -> None:
         self.stream.write(message + "\n")
 
+    def stage_done(self, stage: str, artifacts: dict[str, str]) -> None:
+        pass  # the progress bar already says "done"; paths are printed at the end
+
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quality", choices=list(QUALITY_PRESETS), default="balanced",

@@ -37,6 +37,8 @@ class Events(Protocol):
     def progress(self, stage: str, fraction: float, message: str) -> None: ...
     def warning(self, code: str, message: str, details: dict) -> None: ...
     def log(self, message: str) -> None: ...
+    def stage_done(self, stage: str, artifacts: dict[str, str]) -> None:
+        """`stage`'s output is in place (finished now or reused from the cache)."""
 
 
 @dataclass
@@ -65,6 +67,9 @@ class _MonotonicProgress:
 
     def log(self, message: str) -> None:
         self._events.log(message)
+
+    def stage_done(self, stage: str, artifacts: dict[str, str]) -> None:
+        self._events.stage_done(stage, artifacts)
 
 
 def choose_matcher(photos: PhotoSet, requested: str) -> tuple[str, str]:
@@ -104,8 +109,10 @@ def choose_camera_mode(photos: PhotoSet, sfm: SfmOptions) -> tuple[str, str]:
 
 
 def run_job(photos_dir: str | Path, workspace_dir: str | Path, options: JobOptions, events: Events,
-            cancel: threading.Event | None = None, stages: tuple[str, ...] = STAGES) -> JobResult:
-    """Run (or reuse) the stages named in `stages` and every stage they read from."""
+            cancel: threading.Event | None = None, stages: tuple[str, ...] = STAGES,
+            start_over: bool = False) -> JobResult:
+    """Run (or reuse) the stages named in `stages` and every stage they read from.
+    `start_over`: the workspace was made for other photos; remove our outputs there first."""
     cancel = cancel or threading.Event()
     ws = Workspace(workspace_dir)
     photos_path = Path(photos_dir).expanduser().resolve()
@@ -157,6 +164,7 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
         if fresh:
             events.progress(stage, 1.0, "up to date")
             identity[stage] = stable_hash(digest, record["finished"])
+            events.stage_done(stage, ws.stage_artifacts(stage))
             continue
         if cancel.is_set():
             raise Cancelled()
@@ -182,12 +190,9 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
         identity[stage] = stable_hash(digest, job["stages"][stage]["finished"])
         ran.append(stage)
         events.progress(stage, 1.0, "done")
+        events.stage_done(stage, ws.stage_artifacts(stage))
     summary = write_summary(ws, job, photos, matcher, first_octave, camera_mode[0], run_stages)
-    artifacts = {name: str(ws.stage_output(name)) for name in run_stages}
-    if "mesh" in artifacts:
-        artifacts.update(mesh=str(ws.mesh_dir / "mesh.ply"), mesh_glb=str(ws.mesh_dir / "mesh.glb"))
-    if "splats" in artifacts:
-        artifacts.update(splats_ply=str(ws.splats_ply))
+    artifacts = {name: path for stage in run_stages for name, path in ws.stage_artifacts(stage).items()}
     artifacts["summary"] = str(ws.summary_file)
     return JobResult(ws.root, summary, artifacts, ran)
 

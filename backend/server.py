@@ -95,7 +95,7 @@ class Server:
         from backend.pipeline import run_job
 
         job = msg.get("job")
-        events = _ProtocolEvents(self, job)
+        events = _ProtocolEvents(self, job, str(msg["workspace"]))
         try:
             options = JobOptions.from_dict(msg.get("options") or {})
             stages = tuple(msg.get("stages") or STAGES)
@@ -103,7 +103,12 @@ class Server:
             if unknown:
                 raise ReconstructError(ErrorCode.BAD_OPTIONS, f"Unknown stage(s): {', '.join(sorted(unknown))}.",
                                        f"Stages: {', '.join(STAGES)}.")
-            result = run_job(msg["photos"], msg["workspace"], options, events, cancel, stages)
+            start_over = msg.get("new", False)
+            if not isinstance(start_over, bool):
+                raise ReconstructError(ErrorCode.BAD_OPTIONS, f"new={start_over!r} must be true or false.",
+                                       "Send new: true only to start the workspace over for other photos.")
+            result = run_job(msg["photos"], msg["workspace"], options, events, cancel, stages,
+                             start_over=start_over)
             final = (protocol.RESULT, dict(workspace=str(result.workspace), artifacts=result.artifacts,
                                            summary=result.summary, ran=result.ran))
         except Cancelled:
@@ -184,8 +189,8 @@ class Server:
 
 
 class _ProtocolEvents:
-    def __init__(self, server: Server, job):
-        self.server, self.job = server, job
+    def __init__(self, server: Server, job, workspace: str):
+        self.server, self.job, self.workspace = server, job, workspace
 
     def progress(self, stage: str, fraction: float, message: str) -> None:
         self.server.send(protocol.PROGRESS, job=self.job, stage=stage, fraction=float(fraction), message=message)
@@ -195,6 +200,10 @@ class _ProtocolEvents:
 
     def log(self, message: str) -> None:
         self.server.send(protocol.LOG, job=self.job, message=message)
+
+    def stage_done(self, stage: str, artifacts: dict[str, str]) -> None:
+        self.server.send(protocol.STAGE_DONE, job=self.job, stage=stage, workspace=self.workspace,
+                         artifacts=artifacts)
 
 
 def serve(max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES) -> int:

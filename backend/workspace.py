@@ -58,6 +58,19 @@ class Workspace:
                 "undistort": self.undistorted, "mvs": self.stereo, "fusion": self.fused,
                 "mesh": self.mesh_dir, "splats": self.splats_dir}[stage]
 
+    def stage_artifacts(self, stage: str) -> dict[str, str]:
+        """The files a finished stage hands on, by name (what the add-on imports)."""
+        out = {stage: self.stage_output(stage)}
+        if stage == "undistort":
+            out["cameras"] = self.undistorted / "sparse"
+        elif stage == "fusion":
+            out["dense_points"] = self.fused
+        elif stage == "mesh":
+            out.update(mesh=self.mesh_dir / "mesh.ply", mesh_glb=self.mesh_dir / "mesh.glb")
+        elif stage == "splats":
+            out["splats_ply"] = self.splats_ply
+        return {name: str(path) for name, path in out.items()}
+
     def open(self) -> "Workspace":
         """Create the folder if needed, check it is writable, and lock it so
         two runs never write the same workspace."""

@@ -26,6 +26,9 @@ _DISCARD_CHUNK = 64 * 1024
 # Requests (add-on -> backend).
 HANDSHAKE = "handshake"
 RUN = "run"
+"""{job, photos, workspace (absolute folder paths), options, stages (a list of stage
+names), new (bool: the workspace was made for other photos; remove our own outputs
+there and start over)}; answered by events with the same job."""
 CANCEL = "cancel"
 SHUTDOWN = "shutdown"
 RENDER_SPLATS = "render_splats"
@@ -38,6 +41,10 @@ PROGRESS = "progress"
 LOG = "log"
 WARNING = "warning"
 RESULT = "result"
+STAGE_DONE = "stage_done"
+"""{job, stage, workspace, artifacts: {name: absolute path}}: one stage's output
+is in place (finished now or reused), so the add-on can import it before the
+job ends: a cancel or a later stage's failure keeps what already arrived."""
 ERROR = "error"
 CANCELLED = "cancelled"
 RENDER = "render"
