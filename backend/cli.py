@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -83,6 +84,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--splat-device", choices=["auto", "cuda", "cpu"], help="where splats are trained")
     p.add_argument("--checkpoint-seconds", type=float, help="how often splat training saves a checkpoint (default 60)")
     p.add_argument("--force", choices=STAGES, help="rerun this stage and those after it even if cached")
+    p.add_argument("--new", action="store_true", help="start the workspace over: remove its results (only the "
+                   "files it made) when it was made for other photos")
     p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
                    help="run these stages and the ones they need (default: all; e.g. 'mesh' for cameras, dense "
                    "points and mesh, 'splats' for cameras and splats, 'undistort' for cameras only)")
@@ -123,7 +126,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     from backend.pipeline import run_job
 
     events = TerminalEvents()
-    result = run_job(args.photos, args.workspace, options_from_args(args), events, stages=tuple(args.stages))
+    # A relative path on the command line means the shell's folder, as users
+    # expect; the protocol refuses one (the server's folder means nothing).
+    # An empty one is refused here too.
+    workspace = os.path.abspath(os.path.expanduser(args.workspace)) if args.workspace.strip() else ""
+    result = run_job(args.photos, workspace, options_from_args(args), events, stages=tuple(args.stages),
+                     start_over=args.new)
     s = result.summary
     if s["registered_images"]:
         print(f"registered {s['registered_images']}/{s['total_images']} photos, {s['num_points']} points, "
@@ -201,6 +209,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args)
+    except OSError as exc:  # anything the stages did not already explain
+        from backend.errors import file_error
+
+        exc = file_error(exc, args.command)
+        print(f"error: {exc.message}\nhint: {exc.hint}", file=sys.stderr)
+        return 2
     except ReconstructError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         if exc.hint:

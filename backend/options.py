@@ -1,8 +1,12 @@
 """Options for a reconstruction job: typed, validated, one class per stage
 group. The command line, the protocol and the quality presets all fill the
-same dataclasses."""
+same dataclasses, and one validator (`JobOptions.from_dict`) checks every
+value against its field's type and range, so a wrong value anywhere gets a
+message naming the field."""
 from __future__ import annotations
 
+import math
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
@@ -24,9 +28,9 @@ CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV
 class SfmOptions:
     """Structure-from-Motion: photos to calibrated cameras and sparse points."""
 
-    max_image_size: int = 2000
+    max_image_size: int = field(default=2000, metadata={"range": (64, 16384)})
     """Longest side (px) that feature extraction sees; cameras stay full size."""
-    max_num_features: int = 8192
+    max_num_features: int = field(default=8192, metadata={"range": (100, 262144)})
     """SIFT features kept per photo."""
     sift_upsample: Upsample = "auto"
     """Run SIFT's first octave on the image doubled in size. It finds the
@@ -46,33 +50,34 @@ class SfmOptions:
     spatial for large geotagged sets."""
     mapper: Mapper = "incremental"
     """incremental (robust, default) or global (faster on large sets)."""
-    undistort_max_size: int = 0
+    undistort_max_size: int = field(default=0, metadata={"range": (0, 16384)})
     """Longest side of the undistorted images for the dense stages; 0 = full size."""
     device: Device = "auto"
     """Where SIFT runs: auto uses a CUDA GPU when pycolmap has one."""
-    num_threads: int = -1
+    num_threads: int = field(default=-1, metadata={"range": (-1, 1024)})
+    """-1: every core."""
 
 
 @dataclass
 class DenseOptions:
     """Multi-view stereo, fusion and meshing: cameras to dense points and a mesh."""
 
-    max_image_size: int = 1600
+    max_image_size: int = field(default=1600, metadata={"range": (64, 16384)})
     """Longest side (px) of the images depth maps are computed at."""
-    num_sources: int = 6
+    num_sources: int = field(default=6, metadata={"range": (1, 64)})
     """Source views compared with each reference view (chosen by shared sparse
     points and triangulation angle)."""
-    window_radius: int = 3
+    window_radius: int = field(default=3, metadata={"range": (1, 15)})
     """Half size of the photo-consistency (ZNCC) window: 3 = 7 x 7 px."""
-    min_consistent: int = 2
+    min_consistent: int = field(default=2, metadata={"range": (1, 64)})
     """Other views whose depth must agree with a pixel's for it to be fused."""
     roi: dict | None = None
     """Region of interest, an oriented box in world (= Blender) coordinates:
     {"center": [3], "rotation": [[3], [3], [3]] (columns: the box's axes),
     "half_size": [3]}. None: the bounds of the sparse points."""
-    mesh_depth: int = 0
+    mesh_depth: int = field(default=0, metadata={"range": (0, 13)})
     """Poisson octree depth; 0 chooses it from the point spacing."""
-    face_budget: int = 300_000
+    face_budget: int = field(default=300_000, metadata={"range": (100, 100_000_000)})
     """The mesh is simplified to at most this many triangles."""
     device: TorchDevice = "auto"
     """Where depth maps are computed: auto uses a CUDA GPU when torch has one."""
@@ -82,27 +87,27 @@ class DenseOptions:
 class SplatOptions:
     """3D Gaussian splatting: cameras, sparse points and photos to splats."""
 
-    steps: int = 7000
+    steps: int = field(default=7000, metadata={"range": (1, 10_000_000)})
     """Training steps (one photo each)."""
-    max_image_size: int = 1600
+    max_image_size: int = field(default=1600, metadata={"range": (32, 16384)})
     """Longest side (px) of the photos the splats are trained on."""
-    sh_degree: int = 3
+    sh_degree: int = field(default=3, metadata={"range": (0, 3)})
     """Spherical-harmonic degree of the view-dependent colour (0 = flat colour).
     Degrees are switched on one by one during training."""
     strategy: Strategy = "default"
     """How splats are added and removed: gsplat's default (split, clone and
     prune by screen-space gradient, as in the 3DGS paper) or mcmc (a fixed
     budget of `max_splats`, relocated from dead splats to busy ones)."""
-    max_splats: int = 1_000_000
+    max_splats: int = field(default=1_000_000, metadata={"range": (1000, 100_000_000)})
     """Upper bound on the number of splats (the MCMC budget; default densification
     stops growing here)."""
-    holdout_every: int = 8
+    holdout_every: int = field(default=8, metadata={"range": (0, 1_000_000)})
     """Every n-th photo (by name) is held out of training and scores the result
     (PSNR, SSIM in summary.json); 0 trains on all."""
-    seed: int = 0
+    seed: int = field(default=0, metadata={"range": (0, 2**31 - 1)})
     device: TorchDevice = "auto"
     """auto: gsplat's CUDA rasteriser when torch sees a GPU, else our CPU one."""
-    checkpoint_seconds: float = 60.0
+    checkpoint_seconds: float = field(default=60.0, metadata={"range": (1.0, 86_400.0)})
     """How often a training run saves a checkpoint it can resume from."""
 
 
@@ -159,33 +164,45 @@ class JobOptions:
     """Rerun this stage and everything after it, even if cached."""
 
     @classmethod
-    def from_dict(cls, data: dict) -> "JobOptions":
-        """Build from plain data (protocol or CLI). A quality preset fills the
-        fields that `data["sfm"]`, `data["dense"]` and `data["splats"]` do not
-        set explicitly."""
-        data = dict(data or {})
+    def from_dict(cls, data) -> "JobOptions":
+        """Build from plain data (protocol or CLI), checking every value. A
+        quality preset fills the fields that `data["sfm"]`, `data["dense"]` and
+        `data["splats"]` do not set explicitly."""
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            raise ReconstructError(ErrorCode.BAD_OPTIONS, f"options must be a map of option groups, not "
+                                   f"{_kind(data)}.", 'Send e.g. {"quality": "fast", "sfm": {"max_image_size": 1600}}.')
+        data = dict(data)
         quality = data.pop("quality", "balanced")
-        if quality not in QUALITY_PRESETS:
+        if not isinstance(quality, str) or quality not in QUALITY_PRESETS:
             raise _bad("quality", quality, list(QUALITY_PRESETS))
         groups = {}
-        for group, cls_ in (("sfm", SfmOptions), ("dense", DenseOptions), ("splats", SplatOptions)):
-            values = {**QUALITY_PRESETS[quality][group], **dict(data.pop(group, None) or {})}
-            known = {f.name for f in fields(cls_)}
-            unknown = set(values) - known
+        for group, cls_ in _GROUPS.items():
+            given = data.pop(group, None)
+            if given is None:
+                given = {}
+            if not isinstance(given, dict):
+                raise ReconstructError(ErrorCode.BAD_OPTIONS, f"options.{group} must be a map of {group} options, "
+                                       f"not {_kind(given)}.", f"Known {group} options: {_names(cls_)}.")
+            values = {**QUALITY_PRESETS[quality][group], **given}
+            unknown = sorted(set(values) - {f.name for f in fields(cls_)}, key=str)
             if unknown:
                 raise ReconstructError(ErrorCode.BAD_OPTIONS,
-                                       f"Unknown {group} option(s): {', '.join(sorted(unknown))}.",
-                                       f"Known options: {', '.join(sorted(known))}.")
-            groups[group] = cls_(**values)
+                                       f"Unknown {group} option(s): {', '.join(map(str, unknown))}.",
+                                       f"Known options: {_names(cls_)}.")
+            hints = typing.get_type_hints(cls_)
+            groups[group] = cls_(**{f.name: _checked(group, f, hints[f.name], values[f.name])
+                                    for f in fields(cls_) if f.name in values})
         force = data.pop("force", None)
         if data:
-            raise ReconstructError(ErrorCode.BAD_OPTIONS, f"Unknown option(s): {', '.join(sorted(data))}.",
+            raise ReconstructError(ErrorCode.BAD_OPTIONS, f"Unknown option(s): {', '.join(sorted(map(str, data)))}.",
                                    "Check the option names against the README.")
+        if force is not None and (not isinstance(force, str) or force not in STAGES):
+            raise _bad("force", force, list(STAGES))
         _validate(groups["sfm"])
         _validate_dense(groups["dense"])
         _validate_splats(groups["splats"])
-        if force is not None and force not in STAGES:
-            raise _bad("force", force, list(STAGES))
         return cls(quality=quality, force=force, **groups)
 
     def to_dict(self) -> dict:
@@ -197,50 +214,80 @@ def _bad(name: str, value, allowed: list) -> ReconstructError:
                             f"Use one of: {', '.join(map(str, allowed))}.")
 
 
+_GROUPS = {"sfm": SfmOptions, "dense": DenseOptions, "splats": SplatOptions}
+
+
+def _kind(value) -> str:
+    return {str: "a string", list: "a list", int: "a number", float: "a number", bool: "true/false",
+            dict: "a map", bytes: "bytes", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+def _number(value) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _names(cls_) -> str:
+    return ", ".join(f.name for f in fields(cls_))
+
+
+def _checked(group: str, f, annotation, value):
+    """`value` for field `f` of option group `group`, checked against the
+    field's annotated type and its metadata range; raises BAD_OPTIONS naming
+    the field. (bool is not accepted as a number, nor a number as a bool:
+    "single_camera": "no" would otherwise read as true.)"""
+    name = f"{group} option {f.name}"
+    args = typing.get_args(annotation)
+    if type(None) in args:
+        if value is None:
+            return None
+        annotation = next(a for a in args if a is not type(None))
+        args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        if value not in args or not isinstance(value, str):
+            raise _bad(name, value, list(args))
+        return value
+    low, high = f.metadata.get("range", (None, None))
+    span = f" ({_number(low)} to {_number(high)})" if low is not None else ""
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ReconstructError(ErrorCode.BAD_OPTIONS, f"{name}={value!r} must be true or false.",
+                                   f"Give true or false{' (or leave it out: automatic)' if f.default is None else ''}.")
+        return value
+    if annotation in (int, float):
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if annotation is int and not (isinstance(value, int) and not isinstance(value, bool)):
+            raise ReconstructError(ErrorCode.BAD_OPTIONS, f"{name}={value!r} must be a whole number{span}.",
+                                   f"Give a whole number{span}.")
+        if not number or not math.isfinite(value):
+            raise ReconstructError(ErrorCode.BAD_OPTIONS, f"{name}={value!r} must be a finite number{span}.",
+                                   f"Give a number{span}.")
+        if low is not None and value < low:
+            raise ReconstructError(ErrorCode.BAD_OPTIONS, f"{name}={value!r} is too small.", f"Use{span[1:-1].replace('(', ' ')}.")
+        if high is not None and value > high:
+            raise ReconstructError(ErrorCode.BAD_OPTIONS, f"{name}={value!r} is too large.", f"Use{span[1:-1].replace('(', ' ')}.")
+        return annotation(value)
+    if annotation in (str, dict) and not isinstance(value, annotation):
+        raise ReconstructError(ErrorCode.BAD_OPTIONS, f"{name}={value!r} must be {_kind(annotation())}, "
+                               f"not {_kind(value)}.")
+    return value
+
+
 def _validate(o: SfmOptions) -> None:
     if o.camera_model not in CAMERA_MODELS:
-        raise _bad("camera_model", o.camera_model, list(CAMERA_MODELS))
-    for name, allowed in (("matcher", Matcher), ("mapper", Mapper), ("device", Device),
-                          ("sift_upsample", Upsample)):
-        if getattr(o, name) not in allowed.__args__:
-            raise _bad(name, getattr(o, name), list(allowed.__args__))
-    if o.max_image_size < 64:
-        raise ReconstructError(ErrorCode.BAD_OPTIONS, f"max_image_size={o.max_image_size} is too small.",
-                               "Use at least 64 px (1000-3200 is typical).")
-    if o.max_num_features < 100:
-        raise ReconstructError(ErrorCode.BAD_OPTIONS, f"max_num_features={o.max_num_features} is too small.",
-                               "Use at least 100 (4096-16384 is typical).")
-    if o.undistort_max_size < 0:
-        raise ReconstructError(ErrorCode.BAD_OPTIONS, "undistort_max_size must be 0 (full size) or positive.")
+        raise _bad("sfm option camera_model", o.camera_model, list(CAMERA_MODELS))
 
 
 def _validate_dense(o: DenseOptions) -> None:
     from backend.roi import Box
 
-    if o.device not in TorchDevice.__args__:
-        raise _bad("dense device", o.device, list(TorchDevice.__args__))
-    for name, low in (("max_image_size", 64), ("num_sources", 1), ("window_radius", 1), ("min_consistent", 1),
-                      ("face_budget", 100)):
-        if not isinstance(getattr(o, name), int) or getattr(o, name) < low:
-            raise ReconstructError(ErrorCode.BAD_OPTIONS, f"dense {name}={getattr(o, name)!r} is too small.",
-                                   f"Use an integer of at least {low}.")
     if o.mesh_depth and not 5 <= o.mesh_depth <= 13:
-        raise ReconstructError(ErrorCode.BAD_OPTIONS, f"mesh_depth={o.mesh_depth} is out of range.",
+        raise ReconstructError(ErrorCode.BAD_OPTIONS, f"dense option mesh_depth={o.mesh_depth} is out of range.",
                                "Use 0 (automatic) or 5 to 13.")
     if o.roi is not None:
         Box.from_dict(o.roi)  # raises a BAD_OPTIONS error that says what is wrong
 
 
 def _validate_splats(o: SplatOptions) -> None:
-    for name, allowed in (("strategy", Strategy), ("device", TorchDevice)):
-        if getattr(o, name) not in allowed.__args__:
-            raise _bad(f"splats {name}", getattr(o, name), list(allowed.__args__))
-    for name, low in (("steps", 1), ("max_image_size", 32), ("max_splats", 1000), ("holdout_every", 0)):
-        if not isinstance(getattr(o, name), int) or getattr(o, name) < low:
-            raise ReconstructError(ErrorCode.BAD_OPTIONS, f"splats {name}={getattr(o, name)!r} is too small.",
-                                   f"Use an integer of at least {low}.")
-    if o.sh_degree not in (0, 1, 2, 3):
-        raise _bad("splats sh_degree", o.sh_degree, [0, 1, 2, 3])
     if o.holdout_every == 1:
-        raise ReconstructError(ErrorCode.BAD_OPTIONS, "splats holdout_every=1 would hold out every photo.",
+        raise ReconstructError(ErrorCode.BAD_OPTIONS, "splats option holdout_every=1 would hold out every photo.",
                                "Use 0 (train on all photos) or 2 or more (8 is the usual).")

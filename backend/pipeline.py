@@ -10,6 +10,7 @@ reruns takes every stage downstream of it along. The heavy work runs in a killab
 """
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import threading
@@ -21,7 +22,7 @@ from typing import Protocol
 
 from blender_addon.protocol import __version__
 from backend.device import package_versions
-from backend.errors import Cancelled, ErrorCode, ReconstructError
+from backend.errors import Cancelled, ErrorCode, ReconstructError, file_error
 from backend.options import STAGE_INPUT, STAGE_OPTIONS, STAGES, JobOptions, SfmOptions, stages_needed
 from backend.photos import PhotoSet, looks_like_video_frames, one_camera, scan_photos
 from backend.worker_client import Worker
@@ -72,6 +73,11 @@ class _MonotonicProgress:
         self._events.stage_done(stage, artifacts)
 
 
+def photo_identity(photos: PhotoSet) -> str:
+    """The photos a workspace was made for, wherever their folder is now."""
+    return stable_hash(sorted((p.name, p.size) for p in photos.photos))
+
+
 def choose_matcher(photos: PhotoSet, requested: str) -> tuple[str, str]:
     """Which photo pairs to match, and why (the reason goes into the log)."""
     n = len(photos.photos)
@@ -114,30 +120,63 @@ def run_job(photos_dir: str | Path, workspace_dir: str | Path, options: JobOptio
     """Run (or reuse) the stages named in `stages` and every stage they read from.
     `start_over`: the workspace was made for other photos; remove our outputs there first."""
     cancel = cancel or threading.Event()
-    ws = Workspace(workspace_dir)
-    photos_path = Path(photos_dir).expanduser().resolve()
+    ws = Workspace(_absolute_folder(workspace_dir, "workspace"))
+    photos_path = Path(_absolute_folder(photos_dir, "photo folder", must_be_absolute=False)).expanduser().resolve()
     if ws.root == photos_path:
         raise ReconstructError(ErrorCode.WORKSPACE_UNWRITABLE,
                                "The workspace must not be the photo folder itself.",
                                "Choose a separate folder for the results, e.g. a 'reconstruction' folder beside the photos.")
+    if ws.root in photos_path.parents:
+        raise ReconstructError(ErrorCode.BAD_OPTIONS,
+                               f"The photos in {photos_path} lie inside the workspace {ws.root}, among its outputs: "
+                               "a run would replace them while reading them. Nothing was changed.",
+                               "Choose the folder of your original photos (the workspace's own images are copies).")
     ws.open()
     worker = Worker(ws.log_file)
     worker.prestart()
     try:
-        return _run(photos_path, ws, options, _MonotonicProgress(events), cancel, stages, worker)
+        return _run(photos_path, ws, options, _MonotonicProgress(events), cancel, stages, worker, start_over)
     finally:
         worker.close()
         ws.close()
 
 
+def _absolute_folder(path, what: str, must_be_absolute: bool = True) -> str:
+    """A folder path from a user or a request: never empty (which would mean
+    'wherever the process happens to run'), and absolute where it is written to."""
+    text = os.fspath(path) if isinstance(path, (str, os.PathLike)) else None
+    if not isinstance(text, str) or not text.strip():
+        raise ReconstructError(ErrorCode.BAD_OPTIONS, f"No {what} was given.",
+                               f"Give the full path of the {what}.")
+    if must_be_absolute and not Path(text).expanduser().is_absolute():
+        raise ReconstructError(ErrorCode.BAD_OPTIONS, f"The {what} path {text!r} is relative: it would depend on "
+                               "the folder the backend runs in.", f"Give the full path of the {what}.")
+    return text
+
+
 def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, cancel: threading.Event,
-         stages: tuple[str, ...], worker: Worker) -> JobResult:
+         stages: tuple[str, ...], worker: Worker, start_over: bool) -> JobResult:
     job = ws.load_job()
     photos = scan_photos(photos_path, cache=job.get("photo_cache") if job.get("photos") == str(photos_path) else None)
+    identity = photo_identity(photos)
+    made_for = job.get("photos")
+    if start_over:
+        ws.start_over()
+        job = ws.load_job()
+    elif made_for and job["stages"] and made_for != str(photos_path):
+        if job.get("photo_identity") != identity:
+            raise ReconstructError(
+                ErrorCode.WORKSPACE_OTHER_PHOTOS,
+                f"The workspace {ws.root} was made for the photos in {made_for}, not {photos_path}; "
+                "nothing was changed.",
+                "Choose another workspace (or job name) for these photos, or start over (--new on the command line, "
+                "'Start Over' in the sidebar) to replace that workspace's results.",
+                {"made_for": made_for, "photos": str(photos_path)})
+        events.log(f"the photos moved from {made_for} to {photos_path}: same files, same workspace")
     for skipped in photos.skipped:
         events.warning("skipped_file", f"Skipped {skipped.name}: {skipped.reason}.", asdict(skipped))
-    job.update(photos=str(photos_path), options=options.to_dict(), backend_version=__version__,
-               photo_cache={p.name: asdict(p) for p in photos.photos},
+    job.update(photos=str(photos_path), photo_identity=identity, options=options.to_dict(),
+               backend_version=__version__, photo_cache={p.name: asdict(p) for p in photos.photos},
                skipped=[asdict(s) for s in photos.skipped])
     ws.save_job(job)
     sfm = options.sfm
@@ -159,8 +198,10 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
                              decided.get(stage, {}))
         record = job["stages"].get(stage, {})
         output = ws.stage_output(stage)
-        fresh = (record.get("state") == "done" and record.get("hash") == digest and output.exists()
-                 and stage not in forced)
+        fresh = (record.get("state") == "done" and record.get("hash") == digest and stage not in forced)
+        if fresh and not ws.stage_complete(stage):
+            events.log(f"{stage}: some of its files are missing from {output}: running it again")
+            fresh = False
         if fresh:
             events.progress(stage, 1.0, "up to date")
             identity[stage] = stable_hash(digest, record["finished"])
@@ -168,19 +209,31 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
             continue
         if cancel.is_set():
             raise Cancelled()
+        if stage in forced:
+            ws.discard_partial(output)  # --force means from scratch, not from a checkpoint
+        ensure_free_space(ws, stage)
         job["stages"][stage] = {"state": "running", "hash": digest}
         ws.save_job(job)
         events.progress(stage, 0.0, "starting")
         started = time.perf_counter()
         try:
-            result = _STAGES[stage](ws, photos, options, decided, worker, events, cancel, job)
+            try:
+                result = _STAGES[stage](ws, photos, options, decided, worker, events, cancel, job)
+            except OSError as exc:
+                raise file_error(exc, f"the {stage} stage") from None
+            except ReconstructError as exc:
+                raise explain_failure(exc, ws, stage) from None
         except Cancelled:
             job["stages"][stage]["state"] = "cancelled"
             ws.save_job(job)
             raise
         except ReconstructError as exc:
+            ws.discard_temp(output)  # gives back the space a full disk needs for job.json
             job["stages"][stage].update(state="failed", error=exc.as_fields())
-            ws.save_job(job)
+            try:
+                ws.save_job(job)
+            except ReconstructError:
+                pass  # the stage's own error says more; job.json keeps "running", which reruns it
             raise
         job["stages"][stage] = {"state": "done", "hash": digest, "seconds": round(time.perf_counter() - started, 3),
                                 "result": result, "finished": time.time()}
@@ -195,6 +248,57 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
     artifacts = {name: path for stage in run_stages for name, path in ws.stage_artifacts(stage).items()}
     artifacts["summary"] = str(ws.summary_file)
     return JobResult(ws.root, summary, artifacts, ran)
+
+
+MIN_FREE_BYTES = int(float(os.environ.get("RECONSTRUCT_MIN_FREE_MB", 64)) * 2**20)
+"""Below this much free space on the workspace's disk, a stage is not started,
+and a stage that failed is reported as having run out of space: pycolmap and
+sqlite report a full disk as "No registered database factory succeeded",
+std::bad_alloc or an abort, which tell a user nothing. (The variable lets a
+test fill a small disk during a stage.)"""
+
+
+def _free_bytes(ws: Workspace) -> int | None:
+    try:
+        return shutil.disk_usage(ws.root).free
+    except OSError:
+        return None
+
+
+def _no_space(ws: Workspace, stage: str, free: int, details: dict | None = None) -> ReconstructError:
+    return ReconstructError(
+        ErrorCode.FILE_ERROR,
+        f"The disk holding the workspace {ws.root} is full ({free / 2**20:.0f} MB free): the {stage} stage "
+        "cannot write its output.",
+        "Free some space on that disk (or choose a workspace on another disk), then run again: finished stages "
+        "are kept.", {"free_bytes": free, **(details or {})})
+
+
+def ensure_free_space(ws: Workspace, stage: str) -> None:
+    free = _free_bytes(ws)
+    if free is not None and free < MIN_FREE_BYTES:
+        raise _no_space(ws, stage, free)
+
+
+def explain_failure(exc: ReconstructError, ws: Workspace, stage: str) -> ReconstructError:
+    """A stage that crashed or failed inside a library on a full disk is
+    reported as the full disk it is."""
+    if exc.code != ErrorCode.STAGE_FAILED:
+        return exc
+    free = _free_bytes(ws)
+    if free is not None and free < MIN_FREE_BYTES:
+        return _no_space(ws, stage, free, {"original": exc.as_fields()})
+    # The same libraries say as little about a folder they may not write to.
+    probe = ws.stage_output(stage).with_name(".write-probe")
+    try:
+        probe.parent.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as os_exc:
+        error = file_error(os_exc, f"the {stage} stage")
+        error.details["original"] = exc.as_fields()
+        return error
+    return exc
 
 
 def stages_downstream(stage: str) -> list[str]:
@@ -213,7 +317,9 @@ def _poll_rows(database: Path, table: str, total: int, stage: str, what: str, ev
         try:
             # closing(): sqlite3's own context manager leaves the connection
             # open, and an open reader blocks the worker's final checkpoint.
-            with closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=0.05)) as db:
+            # as_uri() percent-encodes the path: a '?' or '#' in a folder name
+            # would otherwise end the path and stop the counts.
+            with closing(sqlite3.connect(database.as_uri() + "?mode=ro", uri=True, timeout=0.05)) as db:
                 done = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
         except sqlite3.Error:
             return
@@ -344,7 +450,8 @@ def _splats(ws, photos, options, decided, worker, events, cancel, job):
     partial = ws.partial_for(ws.splats_dir, job["stages"]["splats"]["hash"])
     result = worker.call("splats", {"undistorted": str(ws.undistorted), "out_dir": str(partial),
                                     "opts": asdict(options.splats)},
-                         progress=lambda f, m: events.progress("splats", f, m), cancel=cancel)
+                         progress=lambda f, m: events.progress("splats", f, m), cancel=cancel,
+                         warning=lambda code, message: events.warning(code, message, {}))
     if result.get("resumed_from_step"):
         events.log(f"splats: resumed from the checkpoint at step {result['resumed_from_step']}")
     ws.commit_partial(partial, ws.splats_dir)

@@ -26,7 +26,11 @@ class Box:
             raise ReconstructError(ErrorCode.BAD_OPTIONS, f"The region of interest is not a box: {exc}.",
                                    'Give {"center": [x, y, z], "half_size": [hx, hy, hz]} and optionally '
                                    '"rotation" (3 x 3, columns are the box axes).') from None
-        if not (np.all(np.isfinite(center)) and np.all(np.isfinite(rotation)) and np.all(half > 0)):
+        if not (np.all(np.isfinite(center)) and np.all(np.isfinite(rotation)) and np.all(np.isfinite(half))):
+            raise ReconstructError(ErrorCode.BAD_OPTIONS, "The region of interest is not a finite box "
+                                   f"(centre {center.tolist()}, half sizes {half.tolist()}).",
+                                   "Give finite numbers for its centre, half sizes and rotation.")
+        if not np.all(half > 0) or abs(np.linalg.det(rotation)) < 1e-9:
             raise ReconstructError(ErrorCode.BAD_OPTIONS, "The region of interest has no volume.",
                                    "Its half sizes must be positive numbers.")
         # Orthonormalise: an object's matrix may carry scale or shear.

@@ -111,15 +111,24 @@ def map_sparse(database: Path, image_dir: Path, out_dir: Path, opts: SfmOptions,
     else:
         options = pycolmap.IncrementalPipelineOptions()
         options.num_threads = opts.num_threads
-        registered = [0]
+        # Counted per model: the mapper starts a new model (another initial
+        # pair) when the photos fall apart, and a count over all of them
+        # read "registered 48 of 16 photos".
+        count = {"models": 0, "placed": 0}
+
+        def on_initial_pair() -> None:
+            count["models"] += 1
+            count["placed"] = 2
+            progress(2 / max(2, num_images), "initial pair" if count["models"] == 1 else
+                     f"initial pair of model {count['models']}")
 
         def on_image() -> None:
-            registered[0] += 1
-            progress(min(1.0, (registered[0] + 1) / max(1, num_images)),
-                     f"registered {registered[0] + 1} of {num_images} photos")
+            count["placed"] = min(num_images, count["placed"] + 1)
+            model = f"model {count['models']}: " if count["models"] > 1 else ""
+            progress(count["placed"] / max(1, num_images), f"{model}registered {count['placed']} of {num_images} photos")
 
         models = pycolmap.incremental_mapping(database, image_dir, scratch, options,
-                                              initial_image_pair_callback=lambda: progress(2 / max(2, num_images), "initial pair"),
+                                              initial_image_pair_callback=on_initial_pair,
                                               next_image_callback=on_image)
     if not models:
         shutil.rmtree(scratch, ignore_errors=True)

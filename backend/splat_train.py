@@ -233,9 +233,11 @@ def _cpu_mcmc_ops() -> None:
     ops.quat_scale_to_covar_preci = quat_scale_to_covar_preci
 
 
-def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress: Progress) -> dict:
+def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress: Progress,
+                 warn: Callable[[str, str], None] = lambda code, message: None) -> dict:
     """Train (or resume training) into `out_dir`; writes splats.ply and
-    splats.json there and returns the stage's result."""
+    splats.json there and returns the stage's result. `warn(code, message)`
+    tells the user about a checkpoint that had to be set aside."""
     import torch
 
     from backend.mvs import choose_device, memory_peak
@@ -252,8 +254,8 @@ def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress:
     rates = learning_rates(opts.steps)
     strategy = make_strategy(opts, schedule, device)
     checkpoint = out_dir / CHECKPOINT
-    if checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+    state = load_checkpoint(checkpoint, device, warn)
+    if state is not None:
         params = {k: torch.nn.Parameter(v) for k, v in state["params"].items()}
         optimizers = make_optimizers(params, scale, rates)
         for name, opt in optimizers.items():
@@ -358,6 +360,33 @@ def _view_for_step(train: list[int], step: int, seed: int) -> int:
     epoch, k = divmod(step, len(train))
     order = np.random.default_rng((seed, epoch)).permutation(len(train))
     return train[order[k]]
+
+
+def load_checkpoint(path: Path, device, warn: Callable[[str, str], None]) -> dict | None:
+    """The training state saved at `path`, or None to start over. Loaded with
+    weights_only=True: tensors and plain data only, never pickled objects, so
+    a checkpoint planted in a shared workspace runs nothing. One that does not
+    load (truncated, foreign, or from another version) is set aside with a
+    warning, and training starts from the beginning."""
+    import torch
+
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if not (isinstance(state, dict) and _CHECKPOINT_KEYS <= state.keys()):
+            raise ValueError("not a splat training checkpoint")
+        return state
+    except Exception as exc:  # torch raises many types for a bad file; every one means "start over"
+        aside = path.with_name(path.name + ".unreadable")
+        os.replace(path, aside)
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        warn("checkpoint_unreadable", f"The splat training checkpoint {path} could not be loaded ({reason}); it "
+             f"was set aside as {aside.name} and training starts from the beginning.")
+        return None
+
+
+_CHECKPOINT_KEYS = {"step", "params", "optimizers", "background", "bg_optimizer", "strategy", "seconds"}
 
 
 def _save_checkpoint(path: Path, step, params, optimizers, background, bg_optimizer, strategy_state, seconds):

@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from blender_addon import protocol
-from backend.errors import ErrorCode, ReconstructError
+from backend.errors import ErrorCode, ReconstructError, file_error
 
 
 def die_with_parent() -> None:
@@ -47,13 +47,17 @@ def _call(fn: str, args: dict, send) -> dict:
     def progress(fraction: float, text: str) -> None:
         send(protocol.message("progress", fraction=float(fraction), message=text))
 
+    def warn(code: str, text: str) -> None:
+        send(protocol.message(protocol.WARNING, code=code, message=text))
+
     if fn in ("mvs", "fusion", "mesh"):
         return _dense(fn, args, DenseOptions(**args["opts"]), progress)
     if fn == "splats":
         from backend.options import SplatOptions
         from backend.splat_train import train_splats
 
-        return train_splats(Path(args["undistorted"]), Path(args["out_dir"]), SplatOptions(**args["opts"]), progress)
+        return train_splats(Path(args["undistorted"]), Path(args["out_dir"]), SplatOptions(**args["opts"]), progress,
+                            warn)
     from backend import sfm
 
     opts = SfmOptions(**args["opts"])
@@ -108,6 +112,9 @@ def main() -> int:
             send(protocol.message("done", result=result))
         except ReconstructError as exc:
             send(protocol.message(protocol.ERROR, **exc.as_fields()))
+        except OSError as exc:
+            traceback.print_exc()
+            send(protocol.message(protocol.ERROR, **file_error(exc, f"the {request['fn']} step").as_fields()))
         except Exception as exc:
             traceback.print_exc()
             send(protocol.message(protocol.ERROR, code=ErrorCode.STAGE_FAILED,

@@ -53,7 +53,8 @@ class Worker:
             self._proc = self._start()
 
     def call(self, fn: str, args: dict, *, progress: Callable[[float, str], None],
-             cancel: threading.Event, poll: Callable[[], None] | None = None) -> dict:
+             cancel: threading.Event, poll: Callable[[], None] | None = None,
+             warning: Callable[[str, str], None] | None = None) -> dict:
         """Run one step in the worker; returns its result dict. Raises
         Cancelled (after killing the worker) when `cancel` is set."""
         self.prestart()
@@ -83,6 +84,8 @@ class Worker:
                     {"log_tail": _tail(self.log_path)})
             if msg["type"] == "progress":
                 progress(msg["fraction"], msg["message"])
+            elif msg["type"] == protocol.WARNING and warning is not None:
+                warning(msg["code"], msg["message"])
             elif msg["type"] == "done":
                 return msg["result"]
             elif msg["type"] == protocol.ERROR:

@@ -251,7 +251,7 @@ def test_cancel_during_training_is_quick_and_the_next_run_resumes(demo_ws, tmp_p
                     and event["fraction"] > 0.1:
                 break
         backend.cancel_within("s", seconds=5.0)
-        saved = torch.load(checkpoint, weights_only=False)["step"]
+        saved = torch.load(checkpoint, weights_only=True)["step"]
         assert 0 < saved < 199
         assert read_json(ws / "job.json")["stages"]["splats"]["state"] == "cancelled"
         backend.send(protocol.RUN, job="s2", photos=str(PHOTOS), workspace=str(ws), options=options,
