@@ -8,6 +8,7 @@ import sys
 import time
 
 from backend.errors import Cancelled, ReconstructError
+from blender_addon.stages import STAGES as DECLARED
 from backend.options import CAMERA_MODELS, QUALITY_PRESETS, STAGES, JobOptions
 
 
@@ -86,9 +87,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", choices=STAGES, help="rerun this stage and those after it even if cached")
     p.add_argument("--new", action="store_true", help="start the workspace over: remove its results (only the "
                    "files it made) when it was made for other photos")
-    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
-                   help="run these stages and the ones they need (default: all; e.g. 'mesh' for cameras, dense "
-                   "points and mesh, 'splats' for cameras and splats, 'undistort' for cameras only)")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), metavar="STAGE",
+                   help="run these stages and the ones they need (default: all): " +
+                   "; ".join(f"{s.name}: {s.description}" for s in DECLARED))
 
 
 def _roi(text: str) -> dict:

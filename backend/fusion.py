@@ -21,14 +21,18 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from backend.errors import ErrorCode, ReconstructError
 from backend.mvs import View, load_rgb, load_scene, map_paths, memory_peak, read_colmap_array
 from backend.options import DenseOptions
 from backend.roi import Box
 from blender_addon.ply_io import write_ply
+
+if TYPE_CHECKING:
+    from backend.stage_context import StageContext
 
 MAX_REPROJECTION = 1.0  # px
 MAX_DEPTH_DIFF = 0.01  # relative
@@ -127,3 +131,18 @@ def fuse(undistorted: Path, stereo: Path, out_ply: Path, opts: DenseOptions, pro
                         "blue": np.clip(np.round(rgb[:, 2]), 0, 255).astype(np.uint8)})
     return {"num_points": int(len(xyz)), "roi": roi.as_dict(), "seconds": time.perf_counter() - started,
             **memory_peak()}
+
+
+MIN_DENSE_POINTS = 100
+"""Fewer dense points than this cannot be meshed, and mean the depth maps failed."""
+
+
+def fusion_stage(ctx: "StageContext") -> dict:
+    result = fuse(ctx.path("undistort"), ctx.path("mvs"), ctx.out, ctx.options.dense, ctx.progress)
+    if result["num_points"] < MIN_DENSE_POINTS:
+        raise ReconstructError(
+            ErrorCode.COULD_NOT_RECONSTRUCT,
+            f"Dense stereo found only {result['num_points']} points that several photos agree on.",
+            "Check that the region of interest covers the subject; textureless, shiny or moving surfaces "
+            "cannot be matched. Lowering min_consistent or raising the image size may help.", result)
+    return result

@@ -19,14 +19,19 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from backend.errors import ErrorCode, ReconstructError
+from backend.fusion import MIN_DENSE_POINTS
 from backend.mvs import memory_peak
 from backend.options import DenseOptions
 from backend.roi import Box
 from blender_addon.ply_io import read_ply, write_ply
+
+if TYPE_CHECKING:
+    from backend.stage_context import StageContext
 
 Progress = Callable[[float, str], None]
 
@@ -58,8 +63,9 @@ def mesh_points(fused_ply: Path, out_dir: Path, opts: DenseOptions, roi: Box, pr
     started = time.perf_counter()
     cloud = read_ply(fused_ply)
     points = cloud.column("x", "y", "z", dtype=np.float64)
-    if len(points) < 100:
-        raise ValueError(f"only {len(points)} dense points: too few to mesh")
+    if len(points) < MIN_DENSE_POINTS:
+        raise ReconstructError(ErrorCode.COULD_NOT_RECONSTRUCT, f"Only {len(points)} dense points: too few to mesh.",
+                               "Check that the region of interest covers the subject.")
     colors = cloud.column("red", "green", "blue", dtype=np.float64)
     tree = cKDTree(points)
     spacing = point_spacing(tree, points)
@@ -198,3 +204,9 @@ def _write_glb(path: Path, vertices: np.ndarray, faces: np.ndarray, colors: np.n
     tmp = path.with_name(path.name + ".partial")
     tmp.write_bytes(mesh.export(file_type="glb"))
     tmp.replace(path)
+
+
+def mesh_stage(ctx: "StageContext") -> dict:
+    """The mesh stage: meshes the fused cloud inside the region fusion used."""
+    ctx.out.mkdir(parents=True)
+    return mesh_points(ctx.path("fusion"), ctx.out, ctx.options.dense, Box.from_dict(ctx.input["roi"]), ctx.progress)

@@ -30,12 +30,15 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from backend.options import DenseOptions
 from backend.roi import Box
+
+if TYPE_CHECKING:
+    from backend.stage_context import StageContext
 
 Progress = Callable[[float, str], None]
 
@@ -457,3 +460,9 @@ def memory_peak(device=None) -> dict:
 
         peak["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return peak
+
+
+def mvs_stage(ctx: "StageContext") -> dict:
+    """The mvs stage (blender_addon/stages.py): depth maps into ctx.out, which
+    keeps the finished ones across a cancel."""
+    return run_mvs(ctx.path("undistort"), ctx.out, ctx.options.dense, ctx.progress)

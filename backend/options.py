@@ -10,6 +10,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
+from blender_addon.stages import NAMES
 from backend.errors import ErrorCode, ReconstructError
 
 Quality = Literal["fast", "balanced", "high"]
@@ -123,36 +124,9 @@ QUALITY_PRESETS: dict[str, dict[str, dict]] = {
              "splats": {"steps": 30_000, "max_image_size": 3200}},
 }
 
-# Stage -> (option group, fields of it that its output depends on). A stage
-# reruns when these (or anything upstream) change; fields listed nowhere
-# change no result.
-STAGE_OPTIONS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "features": ("sfm", ("max_image_size", "max_num_features", "camera_model")),  # + first octave, camera sharing
-    "matching": ("sfm", ("matcher",)),
-    "mapping": ("sfm", ("mapper",)),
-    "undistort": ("sfm", ("undistort_max_size",)),
-    "mvs": ("dense", ("max_image_size", "num_sources", "window_radius", "roi")),
-    "fusion": ("dense", ("min_consistent", "roi")),
-    "mesh": ("dense", ("mesh_depth", "face_budget", "roi")),
-    "splats": ("splats", ("steps", "max_image_size", "sh_degree", "strategy", "max_splats", "holdout_every", "seed")),
-}
-STAGES = tuple(STAGE_OPTIONS)
-# The stage whose output each stage reads: splats need the cameras and photos,
-# not the dense geometry, so they run (and stay cached) independently of it.
-STAGE_INPUT: dict[str, str | None] = {"features": None, "matching": "features", "mapping": "matching",
-                                      "undistort": "mapping", "mvs": "undistort", "fusion": "mvs",
-                                      "mesh": "fusion", "splats": "undistort"}
-
-
-def stages_needed(requested) -> tuple[str, ...]:
-    """The requested stages and every stage they read from, in run order."""
-    needed = set()
-    for stage in requested:
-        while stage is not None and stage not in needed:
-            needed.add(stage)
-            stage = STAGE_INPUT[stage]
-    return tuple(s for s in STAGES if s in needed)
-
+# The stages and the option fields each depends on are declared once, in
+# blender_addon/stages.py.
+STAGES = NAMES
 
 @dataclass
 class JobOptions:

@@ -1,32 +1,34 @@
 """The job runner: photos -> features -> matching -> mapping -> undistort,
-then mvs -> fusion -> mesh and, beside them, splats; each stage cached by the
-hash of its inputs.
+then mvs -> fusion -> mesh and, beside them, splats (the stages are declared
+in blender_addon/stages.py); each stage cached by the hash of its inputs.
 
 A stage's hash chains the identity of the last run of the stage it reads
-(options.STAGE_INPUT) with the options it reads (options.STAGE_OPTIONS), so
-changing an option reruns exactly the stages it affects, and a stage that
-reruns takes every stage downstream of it along. The heavy work runs in a killable worker process
-(worker.py); this module only decides, records, and reports.
+(Stage.reads) with the options it reads (Stage.options), so changing an
+option reruns exactly the stages it affects, and a stage that reruns takes
+every stage downstream of it along. The stages' own functions run in a
+killable worker process (worker.py); this module only decides, prepares each
+stage's output path, records, commits and reports.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import sqlite3
 import threading
 import time
-from contextlib import closing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from blender_addon import stages as declared
 from blender_addon.protocol import __version__
+from blender_addon.stages import STAGE
 from backend.device import package_versions
 from backend.errors import Cancelled, ErrorCode, ReconstructError, file_error
-from backend.options import STAGE_INPUT, STAGE_OPTIONS, STAGES, JobOptions, SfmOptions, stages_needed
+from backend.options import JobOptions, SfmOptions
 from backend.photos import PhotoSet, looks_like_video_frames, one_camera, scan_photos
+from backend.stage_context import StageContext
 from backend.worker_client import Worker
-from backend.workspace import Workspace, remove, stable_hash, write_json_atomic
+from backend.workspace import Workspace, stable_hash, write_json_atomic
 
 EXHAUSTIVE_MAX_IMAGES = 60
 UPSAMPLE_BELOW_PX = 1200
@@ -115,7 +117,7 @@ def choose_camera_mode(photos: PhotoSet, sfm: SfmOptions) -> tuple[str, str]:
 
 
 def run_job(photos_dir: str | Path, workspace_dir: str | Path, options: JobOptions, events: Events,
-            cancel: threading.Event | None = None, stages: tuple[str, ...] = STAGES,
+            cancel: threading.Event | None = None, stages: tuple[str, ...] = declared.NAMES,
             start_over: bool = False) -> JobResult:
     """Run (or reuse) the stages named in `stages` and every stage they read from.
     `start_over`: the workspace was made for other photos; remove our outputs there first."""
@@ -187,14 +189,15 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
     events.log(f"intrinsics: {camera_mode[1]}")
     decided = {"features": {"first_octave": first_octave, "camera_mode": camera_mode[0]},
                "matching": {"matcher": matcher}}
-    run_stages = stages_needed(stages)
-    forced = set(stages_downstream(options.force)) if options.force else set()
+    run_stages = declared.needed(stages)
+    forced = set(declared.downstream(options.force)) if options.force else set()
     # Each stage's identity: its input hash and when it last finished.
     identity = {None: stable_hash(photos.fingerprint())}
     ran: list[str] = []
     for stage in run_stages:
-        group, names = STAGE_OPTIONS[stage]
-        digest = stable_hash(identity[STAGE_INPUT[stage]], {k: getattr(getattr(options, group), k) for k in names},
+        spec = STAGE[stage]
+        group = getattr(options, spec.group)
+        digest = stable_hash(identity[spec.reads], {k: getattr(group, k) for k in spec.options},
                              decided.get(stage, {}))
         record = job["stages"].get(stage, {})
         output = ws.stage_output(stage)
@@ -218,7 +221,14 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
         started = time.perf_counter()
         try:
             try:
-                result = _STAGES[stage](ws, photos, options, decided, worker, events, cancel, job)
+                out = ws.partial_for(output, digest) if spec.kind == "partial" else ws.temp_for(output)
+                ctx = StageContext(stage, ws, photos.folder, photos.names, options, decided.get(stage, {}),
+                                   job["stages"].get(spec.reads, {}).get("result", {}) if spec.reads else {}, out)
+                result = worker.call(ctx.to_plain(), events=events, cancel=cancel)
+                if spec.kind == "partial":
+                    ws.commit_partial(out, output)
+                else:
+                    ws.commit(out, output)
             except OSError as exc:
                 raise file_error(exc, f"the {stage} stage") from None
             except ReconstructError as exc:
@@ -299,167 +309,6 @@ def explain_failure(exc: ReconstructError, ws: Workspace, stage: str) -> Reconst
         error.details["original"] = exc.as_fields()
         return error
     return exc
-
-
-def stages_downstream(stage: str) -> list[str]:
-    """`stage` and every stage that reads from it, directly or not."""
-    out = [stage]
-    for other in STAGES:
-        if STAGE_INPUT[other] in out:
-            out.append(other)
-    return out
-
-
-def _poll_rows(database: Path, table: str, total: int, stage: str, what: str, events: Events):
-    """Progress for pycolmap calls that have no callback: count the rows the
-    worker has written so far (read-only, never blocking the writer)."""
-    def poll() -> None:
-        try:
-            # closing(): sqlite3's own context manager leaves the connection
-            # open, and an open reader blocks the worker's final checkpoint.
-            # as_uri() percent-encodes the path: a '?' or '#' in a folder name
-            # would otherwise end the path and stop the counts.
-            with closing(sqlite3.connect(database.as_uri() + "?mode=ro", uri=True, timeout=0.05)) as db:
-                done = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
-        except sqlite3.Error:
-            return
-        events.progress(stage, min(0.99, done / max(1, total)), f"{done} of {total} {what}")
-    return poll
-
-
-def _features(ws, photos, options, decided, worker, events, cancel, job):
-    sfm = options.sfm
-    tmp = ws.temp_for(ws.features_db)
-    result = worker.call("features", {"database": str(tmp), "image_dir": str(photos.folder),
-                                      "names": photos.names, "opts": asdict(sfm), **decided["features"]},
-                         progress=lambda f, m: events.progress("features", f, m), cancel=cancel,
-                         poll=_poll_rows(tmp, "keypoints", len(photos.photos), "features", "photos", events))
-    for name in result["failed"]:
-        events.warning("feature_extraction_failed", f"No features could be extracted from {name}; it is left out.",
-                       {"name": name})
-    few = sorted(name for name, n in result["keypoints"].items() if n < 100)
-    if few:
-        events.warning("few_features", f"Very few features in {', '.join(few)}: blurry, dark or textureless photos "
-                       "rarely register.", {"names": few})
-    if result["num_images"] < 2:
-        raise ReconstructError(ErrorCode.COULD_NOT_RECONSTRUCT, "Features were found in fewer than 2 photos.",
-                               "Use sharp, well-exposed photos with visible texture.", result)
-    ws.commit(tmp, ws.features_db)
-    return result
-
-
-def _matching(ws, photos, options, decided, worker, events, cancel, job):
-    sfm = options.sfm
-    matcher = decided["matching"]["matcher"]
-    tmp = ws.temp_for(ws.database)
-    shutil.copyfile(ws.features_db, tmp)
-    n = job["stages"]["features"]["result"]["num_images"]
-    pairs = n * (n - 1) // 2 if matcher == "exhaustive" else n * 15
-    result = worker.call("matching", {"database": str(tmp), "matcher": matcher, "opts": asdict(sfm)},
-                         progress=lambda f, m: events.progress("matching", f, m), cancel=cancel,
-                         poll=_poll_rows(tmp, "two_view_geometries", pairs, "matching", "photo pairs", events))
-    if result["verified_pairs"] == 0:
-        remove(tmp)
-        raise ReconstructError(
-            ErrorCode.COULD_NOT_RECONSTRUCT,
-            f"Could not reconstruct: no two photos share enough matching features "
-            f"(tried matching: {matcher} on {n} photos; {result['matched_pairs']} pairs had some matches, "
-            f"none passed geometric verification).",
-            "The photos must show the same subject from overlapping viewpoints (about 60% overlap between "
-            "neighbours). Add photos between the existing ones, or try --matcher exhaustive.", result)
-    ws.commit(tmp, ws.database)
-    return result
-
-
-def _mapping(ws, photos, options, decided, worker, events, cancel, job):
-    sfm = options.sfm
-    matcher = decided["matching"]["matcher"]
-    tmp = ws.temp_for(ws.model)
-    n = job["stages"]["features"]["result"]["num_images"]
-    result = worker.call("mapping", {"database": str(ws.database), "image_dir": str(photos.folder),
-                                     "out_dir": str(tmp), "opts": asdict(sfm), "num_images": n},
-                         progress=lambda f, m: events.progress("mapping", f, m), cancel=cancel)
-    if not result["num_models"]:
-        remove(tmp)
-        verified = job["stages"]["matching"]["result"]["verified_pairs"]
-        raise ReconstructError(
-            ErrorCode.COULD_NOT_RECONSTRUCT,
-            f"Could not reconstruct: no consistent 3D model could be built "
-            f"(tried matching: {matcher} on {n} photos, {verified} verified photo pairs; mapper: {sfm.mapper}).",
-            "The photos must show the same subject from overlapping viewpoints (about 60% overlap between "
-            "neighbours) and the subject must not move or reflect much. Add photos, "
-            f"or try --mapper {'incremental' if sfm.mapper == 'global' else 'global'}.",
-            {"verified_pairs": verified, "matcher": matcher, "mapper": sfm.mapper})
-    ws.commit(tmp, ws.model)
-    unregistered = sorted(set(photos.names) - set(result["registered"]))
-    if unregistered:
-        events.warning("unregistered", f"{len(unregistered)} of {len(photos.names)} photos could not be placed: "
-                       f"{', '.join(unregistered)}.", {"names": unregistered})
-    return result
-
-
-def _undistort(ws, photos, options, decided, worker, events, cancel, job):
-    sfm = options.sfm
-    tmp = ws.temp_for(ws.undistorted)
-    result = worker.call("undistort", {"model_dir": str(ws.model), "image_dir": str(photos.folder),
-                                       "out_dir": str(tmp), "opts": asdict(sfm)},
-                         progress=lambda f, m: events.progress("undistort", f, m), cancel=cancel)
-    ws.commit(tmp, ws.undistorted)
-    return result
-
-
-def _mvs(ws, photos, options, decided, worker, events, cancel, job):
-    # Depth maps survive a cancel: the next run with the same inputs keeps them.
-    partial = ws.partial_for(ws.stereo, job["stages"]["mvs"]["hash"])
-    result = worker.call("mvs", {"undistorted": str(ws.undistorted), "out_dir": str(partial),
-                                 "opts": asdict(options.dense)},
-                         progress=lambda f, m: events.progress("mvs", f, m), cancel=cancel)
-    ws.commit_partial(partial, ws.stereo)
-    return result
-
-
-def _fusion(ws, photos, options, decided, worker, events, cancel, job):
-    tmp = ws.temp_for(ws.fused)
-    result = worker.call("fusion", {"undistorted": str(ws.undistorted), "stereo": str(ws.stereo),
-                                    "out_ply": str(tmp), "opts": asdict(options.dense)},
-                         progress=lambda f, m: events.progress("fusion", f, m), cancel=cancel)
-    if result["num_points"] < 100:
-        remove(tmp)
-        raise ReconstructError(
-            ErrorCode.COULD_NOT_RECONSTRUCT,
-            f"Dense stereo found only {result['num_points']} points that several photos agree on.",
-            "Check that the region of interest covers the subject; textureless, shiny or moving surfaces "
-            "cannot be matched. Lowering min_consistent or raising the image size may help.", result)
-    ws.commit(tmp, ws.fused)
-    return result
-
-
-def _mesh(ws, photos, options, decided, worker, events, cancel, job):
-    tmp = ws.temp_for(ws.mesh_dir)
-    tmp.mkdir()
-    roi = job["stages"]["fusion"]["result"]["roi"]
-    result = worker.call("mesh", {"fused": str(ws.fused), "out_dir": str(tmp), "roi": roi,
-                                  "opts": asdict(options.dense)},
-                         progress=lambda f, m: events.progress("mesh", f, m), cancel=cancel)
-    ws.commit(tmp, ws.mesh_dir)
-    return result
-
-
-def _splats(ws, photos, options, decided, worker, events, cancel, job):
-    # The checkpoint survives a cancel: the next run with the same inputs resumes from it.
-    partial = ws.partial_for(ws.splats_dir, job["stages"]["splats"]["hash"])
-    result = worker.call("splats", {"undistorted": str(ws.undistorted), "out_dir": str(partial),
-                                    "opts": asdict(options.splats)},
-                         progress=lambda f, m: events.progress("splats", f, m), cancel=cancel,
-                         warning=lambda code, message: events.warning(code, message, {}))
-    if result.get("resumed_from_step"):
-        events.log(f"splats: resumed from the checkpoint at step {result['resumed_from_step']}")
-    ws.commit_partial(partial, ws.splats_dir)
-    return result
-
-
-_STAGES = {"features": _features, "matching": _matching, "mapping": _mapping, "undistort": _undistort,
-           "mvs": _mvs, "fusion": _fusion, "mesh": _mesh, "splats": _splats}
 
 
 def write_summary(ws: Workspace, job: dict, photos: PhotoSet, matcher: str, first_octave: int,

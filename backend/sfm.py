@@ -10,11 +10,15 @@ import shutil
 import time
 from contextlib import closing
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pycolmap
 
+from backend.errors import ErrorCode, ReconstructError
 from backend.options import SfmOptions
+
+if TYPE_CHECKING:
+    from backend.stage_context import StageContext
 
 Progress = Callable[[float, str], None]
 
@@ -167,3 +171,66 @@ def undistort(model_dir: Path, image_dir: Path, out_dir: Path, opts: SfmOptions)
     rec = pycolmap.Reconstruction(out_dir / "sparse")
     return {"num_images": rec.num_reg_images(),
             "max_size": max(max(c.width, c.height) for c in rec.cameras.values())}
+
+
+# The stages (declared in blender_addon/stages.py) ------------------------------
+
+def features_stage(ctx: "StageContext") -> dict:
+    ctx.poll_rows(ctx.out, "keypoints", len(ctx.photo_names), "photos")
+    result = extract_features(ctx.out, ctx.photos_folder, ctx.photo_names, ctx.options.sfm,
+                              ctx.decided["first_octave"], ctx.decided["camera_mode"])
+    for name in result["failed"]:
+        ctx.warn("feature_extraction_failed", f"No features could be extracted from {name}; it is left out.",
+                 {"name": name})
+    few = sorted(name for name, n in result["keypoints"].items() if n < 100)
+    if few:
+        ctx.warn("few_features", f"Very few features in {', '.join(few)}: blurry, dark or textureless photos "
+                 "rarely register.", {"names": few})
+    if result["num_images"] < 2:
+        raise ReconstructError(ErrorCode.COULD_NOT_RECONSTRUCT, "Features were found in fewer than 2 photos.",
+                               "Use sharp, well-exposed photos with visible texture.", result)
+    return result
+
+
+def matching_stage(ctx: "StageContext") -> dict:
+    matcher = ctx.decided["matcher"]
+    shutil.copyfile(ctx.path("features"), ctx.out)
+    n = ctx.input["num_images"]
+    ctx.poll_rows(ctx.out, "two_view_geometries", n * (n - 1) // 2 if matcher == "exhaustive" else n * 15,
+                  "photo pairs")
+    result = match(ctx.out, matcher, ctx.options.sfm)
+    if result["verified_pairs"] == 0:
+        raise ReconstructError(
+            ErrorCode.COULD_NOT_RECONSTRUCT,
+            f"Could not reconstruct: no two photos share enough matching features "
+            f"(tried matching: {matcher} on {n} photos; {result['matched_pairs']} pairs had some matches, "
+            f"none passed geometric verification).",
+            "The photos must show the same subject from overlapping viewpoints (about 60% overlap between "
+            "neighbours). Add photos between the existing ones, or try --matcher exhaustive.", result)
+    return result
+
+
+def mapping_stage(ctx: "StageContext") -> dict:
+    sfm, database = ctx.options.sfm, ctx.path("matching")
+    with pycolmap.Database.open(database) as db:
+        n = db.num_images()
+    result = map_sparse(database, ctx.photos_folder, ctx.out, sfm, n, ctx.progress)
+    if not result["num_models"]:
+        verified, matcher = ctx.input["verified_pairs"], ctx.input["matcher"]
+        raise ReconstructError(
+            ErrorCode.COULD_NOT_RECONSTRUCT,
+            f"Could not reconstruct: no consistent 3D model could be built "
+            f"(tried matching: {matcher} on {n} photos, {verified} verified photo pairs; mapper: {sfm.mapper}).",
+            "The photos must show the same subject from overlapping viewpoints (about 60% overlap between "
+            "neighbours) and the subject must not move or reflect much. Add photos, "
+            f"or try --mapper {'incremental' if sfm.mapper == 'global' else 'global'}.",
+            {"verified_pairs": verified, "matcher": matcher, "mapper": sfm.mapper})
+    unregistered = sorted(set(ctx.photo_names) - set(result["registered"]))
+    if unregistered:
+        ctx.warn("unregistered", f"{len(unregistered)} of {len(ctx.photo_names)} photos could not be placed: "
+                 f"{', '.join(unregistered)}.", {"names": unregistered})
+    return result
+
+
+def undistort_stage(ctx: "StageContext") -> dict:
+    return undistort(ctx.path("mapping"), ctx.photos_folder, ctx.out, ctx.options.sfm)

@@ -36,6 +36,8 @@ from backend.options import SplatOptions
 if TYPE_CHECKING:
     import torch
 
+    from backend.stage_context import StageContext
+
 Progress = Callable[[float, str], None]
 
 CHECKPOINT = "checkpoint.pt"
@@ -398,3 +400,13 @@ def _save_checkpoint(path: Path, step, params, optimizers, background, bg_optimi
                 "background": background.detach(), "bg_optimizer": bg_optimizer.state_dict(),
                 "strategy": strategy_state, "seconds": seconds}, tmp)
     os.replace(tmp, path)
+
+
+def splats_stage(ctx: "StageContext") -> dict:
+    """The splats stage: trains into ctx.out, which keeps the checkpoint
+    across a cancel, so the next run with the same inputs resumes from it."""
+    result = train_splats(ctx.path("undistort"), ctx.out, ctx.options.splats, ctx.progress,
+                          lambda code, message: ctx.warn(code, message))
+    if result.get("resumed_from_step"):
+        ctx.log(f"splats: resumed from the checkpoint at step {result['resumed_from_step']}")
+    return result

@@ -11,6 +11,7 @@ worker dies with its parent (PR_SET_PDEATHSIG on Linux, a watchdog elsewhere).
 """
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import sys
@@ -41,53 +42,15 @@ def die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
 
 
-def _call(fn: str, args: dict, send) -> dict:
-    from backend.options import DenseOptions, SfmOptions
+def _call(request: dict, send) -> dict:
+    """Run the stage a call names: the function its declaration names, given a
+    StageContext (blender_addon/stages.py; no list of stages here)."""
+    from backend.stage_context import StageContext
+    from blender_addon.stages import STAGE
 
-    def progress(fraction: float, text: str) -> None:
-        send(protocol.message("progress", fraction=float(fraction), message=text))
-
-    def warn(code: str, text: str) -> None:
-        send(protocol.message(protocol.WARNING, code=code, message=text))
-
-    if fn in ("mvs", "fusion", "mesh"):
-        return _dense(fn, args, DenseOptions(**args["opts"]), progress)
-    if fn == "splats":
-        from backend.options import SplatOptions
-        from backend.splat_train import train_splats
-
-        return train_splats(Path(args["undistorted"]), Path(args["out_dir"]), SplatOptions(**args["opts"]), progress,
-                            warn)
-    from backend import sfm
-
-    opts = SfmOptions(**args["opts"])
-
-    if fn == "features":
-        return sfm.extract_features(Path(args["database"]), Path(args["image_dir"]), args["names"], opts,
-                                    args["first_octave"], args["camera_mode"])
-    if fn == "matching":
-        return sfm.match(Path(args["database"]), args["matcher"], opts)
-    if fn == "mapping":
-        return sfm.map_sparse(Path(args["database"]), Path(args["image_dir"]), Path(args["out_dir"]), opts,
-                              args["num_images"], progress)
-    if fn == "undistort":
-        return sfm.undistort(Path(args["model_dir"]), Path(args["image_dir"]), Path(args["out_dir"]), opts)
-    raise ReconstructError(ErrorCode.BAD_REQUEST, f"the worker has no step named {fn!r}")
-
-
-def _dense(fn: str, args: dict, opts, progress) -> dict:
-    if fn == "mvs":
-        from backend.mvs import run_mvs
-
-        return run_mvs(Path(args["undistorted"]), Path(args["out_dir"]), opts, progress)
-    if fn == "fusion":
-        from backend.fusion import fuse
-
-        return fuse(Path(args["undistorted"]), Path(args["stereo"]), Path(args["out_ply"]), opts, progress)
-    from backend.meshing import mesh_points
-    from backend.roi import Box
-
-    return mesh_points(Path(args["fused"]), Path(args["out_dir"]), opts, Box.from_dict(args["roi"]), progress)
+    ctx = StageContext.from_plain(request["ctx"], send)
+    module, function = STAGE[ctx.stage].run.split(":")
+    return getattr(importlib.import_module(module), function)(ctx)
 
 
 def main() -> int:
@@ -107,18 +70,19 @@ def main() -> int:
         request = protocol.read_frame(stdin)
         if request is None or request["type"] == protocol.SHUTDOWN:
             return 0
+        stage = request.get("ctx", {}).get("stage", "?")
         try:
-            result = _call(request["fn"], request["args"], send)
+            result = _call(request, send)
             send(protocol.message("done", result=result))
         except ReconstructError as exc:
             send(protocol.message(protocol.ERROR, **exc.as_fields()))
         except OSError as exc:
             traceback.print_exc()
-            send(protocol.message(protocol.ERROR, **file_error(exc, f"the {request['fn']} step").as_fields()))
+            send(protocol.message(protocol.ERROR, **file_error(exc, f"the {stage} stage").as_fields()))
         except Exception as exc:
             traceback.print_exc()
             send(protocol.message(protocol.ERROR, code=ErrorCode.STAGE_FAILED,
-                                  message=f"The {request['fn']} step failed: {exc}",
+                                  message=f"The {stage} stage failed: {exc}",
                                   hint="Rerun to retry the step (finished steps are kept); the log has details.",
                                   details={"traceback": traceback.format_exc()}))
 

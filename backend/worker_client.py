@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
-from typing import Callable
 
 from blender_addon import protocol
 from backend.errors import Cancelled, ErrorCode, ReconstructError
@@ -52,17 +53,19 @@ class Worker:
         if self._proc is None or self._proc.poll() is not None:
             self._proc = self._start()
 
-    def call(self, fn: str, args: dict, *, progress: Callable[[float, str], None],
-             cancel: threading.Event, poll: Callable[[], None] | None = None,
-             warning: Callable[[str, str], None] | None = None) -> dict:
-        """Run one step in the worker; returns its result dict. Raises
-        Cancelled (after killing the worker) when `cancel` is set."""
+    def call(self, ctx: dict, *, events, cancel: threading.Event) -> dict:
+        """Run one stage in the worker (`ctx`: a StageContext as plain data);
+        returns its result dict. Its progress, warnings and logs go to
+        `events` under the stage's name. Raises Cancelled (after killing the
+        worker) when `cancel` is set."""
+        stage = ctx["stage"]
         self.prestart()
         try:
-            self._proc.stdin.write(protocol.pack({"type": "call", "fn": fn, "args": args}))
+            self._proc.stdin.write(protocol.pack({"type": "call", "ctx": ctx}))
             self._proc.stdin.flush()
         except OSError:
             pass  # the reader reports the dead worker below
+        poll = None
         last_poll = time.monotonic()
         while True:
             if cancel.is_set():
@@ -79,16 +82,21 @@ class Worker:
                 code = self._proc.wait()
                 self._proc = None
                 raise ReconstructError(
-                    ErrorCode.STAGE_FAILED, f"The {fn} step crashed (exit code {code}).",
-                    f"See the log at {self.log_path}; rerun to retry the step (finished steps are kept).",
+                    ErrorCode.STAGE_FAILED, f"The {stage} stage crashed (exit code {code}).",
+                    f"See the log at {self.log_path}; rerun to retry the stage (finished stages are kept).",
                     {"log_tail": _tail(self.log_path)})
-            if msg["type"] == "progress":
-                progress(msg["fraction"], msg["message"])
-            elif msg["type"] == protocol.WARNING and warning is not None:
-                warning(msg["code"], msg["message"])
-            elif msg["type"] == "done":
+            kind = msg["type"]
+            if kind == "progress":
+                events.progress(stage, msg["fraction"], msg["message"])
+            elif kind == protocol.WARNING:
+                events.warning(msg["code"], msg["message"], msg.get("details") or {})
+            elif kind == protocol.LOG:
+                events.log(msg["message"])
+            elif kind == "poll":
+                poll = poll_rows(Path(msg["database"]), msg["table"], msg["total"], stage, msg["what"], events)
+            elif kind == "done":
                 return msg["result"]
-            elif msg["type"] == protocol.ERROR:
+            elif kind == protocol.ERROR:
                 raise ReconstructError(msg["code"], msg["message"], msg.get("hint", ""), msg.get("details"))
 
     def kill(self) -> None:
@@ -104,6 +112,23 @@ class Worker:
         # Every stage's output is committed before this, so nothing is lost by
         # not waiting for the interpreter (and pycolmap) to tear down.
         self.kill()
+
+
+def poll_rows(database: Path, table: str, total: int, stage: str, what: str, events):
+    """Progress for pycolmap calls that have no callback: count the rows the
+    worker has written so far (read-only, never blocking the writer)."""
+    def poll() -> None:
+        try:
+            # closing(): sqlite3's own context manager leaves the connection
+            # open, and an open reader blocks the worker's final checkpoint.
+            # as_uri() percent-encodes the path: a '?' or '#' in a folder name
+            # would otherwise end the path and stop the counts.
+            with closing(sqlite3.connect(database.as_uri() + "?mode=ro", uri=True, timeout=0.05)) as db:
+                done = db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+        except sqlite3.Error:
+            return
+        events.progress(stage, min(0.99, done / max(1, total)), f"{done} of {total} {what}")
+    return poll
 
 
 def _tail(path: Path, lines: int = 30) -> str:

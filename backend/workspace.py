@@ -22,6 +22,8 @@ import os
 import shutil
 from pathlib import Path
 
+from blender_addon.layout import MODEL_FILES, Layout
+from blender_addon.stages import NAMES, STAGE
 from backend.errors import ErrorCode, ReconstructError, file_error
 
 JOB_FORMAT = 1
@@ -34,65 +36,31 @@ _SIBLINGS = (".tmp", ".tmp-wal", ".tmp-shm", ".tmp.models", "-wal", "-shm", ".pa
 _OS_LITTER = {".DS_Store", "Thumbs.db", "desktop.ini", ".localized"}
 
 
-class Workspace:
-    def __init__(self, root: str | os.PathLike):
-        self.root = Path(root).expanduser().resolve()
-        self._lock_file = None
+class Workspace(Layout):
+    """A job's folder: its layout (blender_addon/layout.py) plus the rules for
+    owning, locking and writing it."""
 
-    # The layout (see README): one fact, one place.
-    @property
-    def job_file(self) -> Path: return self.root / "job.json"
-    @property
-    def summary_file(self) -> Path: return self.root / "summary.json"
-    @property
-    def features_db(self) -> Path: return self.root / "sparse" / "features.db"
-    @property
-    def database(self) -> Path: return self.root / "sparse" / "database.db"
-    @property
-    def model(self) -> Path: return self.root / "sparse" / "model"
-    @property
-    def undistorted(self) -> Path: return self.root / "undistorted"
-    @property
-    def stereo(self) -> Path: return self.root / "dense" / "stereo"
-    @property
-    def fused(self) -> Path: return self.root / "dense" / "fused.ply"
-    @property
-    def mesh_dir(self) -> Path: return self.root / "mesh"
-    @property
-    def splats_dir(self) -> Path: return self.root / "splats"
-    @property
-    def splats_ply(self) -> Path: return self.splats_dir / "splats.ply"
-    @property
-    def splats_info(self) -> Path: return self.splats_dir / "splats.json"
-    @property
-    def log_file(self) -> Path: return self.root / "logs" / "worker.log"
-    @property
-    def previews_dir(self) -> Path: return self.root / "previews"
-    @property
-    def lock_file(self) -> Path: return self.root / ".lock"
+    def __init__(self, root: str | os.PathLike):
+        super().__init__(Path(root).expanduser().resolve())
+        self._lock_file = None
 
     def own_paths(self) -> list[Path]:
         """Every path this workspace may create: all that `start_over` removes."""
-        from backend.options import STAGES
-
-        outputs = [self.stage_output(stage) for stage in STAGES] + [self.previews_dir]
+        outputs = [self.stage_output(stage) for stage in NAMES] + [self.previews_dir]
         return ([p.with_name(p.name + suffix) for p in outputs for suffix in ("", *_SIBLINGS)]
                 + [self.summary_file, self.job_file, self.job_file.with_name("job.json.tmp"),
                    self.summary_file.with_name("summary.json.tmp")])
 
     def stage_output(self, stage: str) -> Path:
-        return {"features": self.features_db, "matching": self.database, "mapping": self.model,
-                "undistort": self.undistorted, "mvs": self.stereo, "fusion": self.fused,
-                "mesh": self.mesh_dir, "splats": self.splats_dir}[stage]
+        return getattr(self, STAGE[stage].output)
 
     def stage_complete(self, stage: str) -> bool:
         """Whether a finished stage's files are all still there (a file deleted
         by hand makes the stage run again instead of failing downstream)."""
         out = self.stage_output(stage)
-        model = ("cameras.bin", "images.bin", "points3D.bin")
-        required = {"mapping": [out / name for name in model],
-                    "undistort": [out / "sparse" / name for name in model] + [out / "images"],
-                    "mesh": [out / "mesh.ply", out / "mesh.glb"],
+        required = {"mapping": [out / name for name in MODEL_FILES],
+                    "undistort": [self.undistorted_model / name for name in MODEL_FILES] + [self.undistorted_images],
+                    "mesh": [self.mesh_ply, self.mesh_glb],
                     "splats": [self.splats_ply]}.get(stage, [out])
         return all(path.exists() for path in required)
 
@@ -100,11 +68,11 @@ class Workspace:
         """The files a finished stage hands on, by name (what the add-on imports)."""
         out = {stage: self.stage_output(stage)}
         if stage == "undistort":
-            out["cameras"] = self.undistorted / "sparse"
+            out.update(cameras=self.undistorted_model, camera_photos=self.undistorted_images)
         elif stage == "fusion":
             out["dense_points"] = self.fused
         elif stage == "mesh":
-            out.update(mesh=self.mesh_dir / "mesh.ply", mesh_glb=self.mesh_dir / "mesh.glb")
+            out.update(mesh=self.mesh_ply, mesh_glb=self.mesh_glb)
         elif stage == "splats":
             out["splats_ply"] = self.splats_ply
         return {name: str(path) for name, path in out.items()}

@@ -238,7 +238,7 @@ def test_progress_counts_read_a_database_whose_path_has_question_marks(tmp_path)
     used to end the path there."""
     import sqlite3
 
-    from backend.pipeline import _poll_rows
+    from backend.worker_client import poll_rows
 
     database = tmp_path / "job #2? final" / "features.db"
     database.parent.mkdir()
@@ -254,7 +254,7 @@ def test_progress_counts_read_a_database_whose_path_has_question_marks(tmp_path)
             self.lines.append((stage, fraction, message))
 
     seen = Seen()
-    _poll_rows(database, "keypoints", 3, "features", "photos", seen)()
+    poll_rows(database, "keypoints", 3, "features", "photos", seen)()
     assert seen.lines == [("features", pytest.approx(2 / 3), "2 of 3 photos")]
 
 

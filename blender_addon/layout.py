@@ -1,0 +1,62 @@
+"""Where everything lives inside a workspace folder: the one place its file
+names are spelled. Shared by the backend (which writes them) and the add-on
+(which reads them); no bpy, no numpy."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin")
+"""A COLMAP binary model: the files a model folder must hold."""
+
+
+class Layout:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    @property
+    def job_file(self) -> Path: return self.root / "job.json"
+    @property
+    def summary_file(self) -> Path: return self.root / "summary.json"
+    @property
+    def features_db(self) -> Path: return self.root / "sparse" / "features.db"
+    @property
+    def database(self) -> Path: return self.root / "sparse" / "database.db"
+    @property
+    def model(self) -> Path: return self.root / "sparse" / "model"
+    @property
+    def undistorted(self) -> Path: return self.root / "undistorted"
+    @property
+    def undistorted_model(self) -> Path: return self.undistorted / "sparse"
+    @property
+    def undistorted_images(self) -> Path: return self.undistorted / "images"
+    @property
+    def stereo(self) -> Path: return self.root / "dense" / "stereo"
+    @property
+    def fused(self) -> Path: return self.root / "dense" / "fused.ply"
+    @property
+    def mesh_dir(self) -> Path: return self.root / "mesh"
+    @property
+    def mesh_ply(self) -> Path: return self.mesh_dir / "mesh.ply"
+    @property
+    def mesh_glb(self) -> Path: return self.mesh_dir / "mesh.glb"
+    @property
+    def splats_dir(self) -> Path: return self.root / "splats"
+    @property
+    def splats_ply(self) -> Path: return self.splats_dir / "splats.ply"
+    @property
+    def splats_info(self) -> Path: return self.splats_dir / "splats.json"
+    @property
+    def previews_dir(self) -> Path: return self.root / "previews"
+    @property
+    def log_file(self) -> Path: return self.root / "logs" / "worker.log"
+    @property
+    def lock_file(self) -> Path: return self.root / ".lock"
+
+    def cameras_model(self) -> tuple[Path, Path | None]:
+        """The model to import cameras from, and the photos beside it: the
+        undistorted ones when the workspace has them (Blender's camera is a
+        pinhole), else the SfM model with no photos."""
+        if self.undistorted_model.is_dir():
+            return self.undistorted_model, self.undistorted_images
+        return self.model, None
