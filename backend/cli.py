@@ -6,10 +6,13 @@ import json
 import os
 import sys
 import time
+import typing
+from dataclasses import fields
+from typing import Literal
 
 from backend.errors import Cancelled, ReconstructError
 from blender_addon.stages import STAGES as DECLARED
-from backend.options import CAMERA_MODELS, QUALITY_PRESETS, STAGES, JobOptions
+from backend.options import CAMERA_MODELS, OPTION_GROUPS, QUALITY_PRESETS, STAGES, JobOptions, field_docs
 
 
 class TerminalEvents:
@@ -47,43 +50,34 @@ class TerminalEvents:
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
+    """One flag per option field, made from the option dataclasses: their
+    types give the parsing and the choices, their docstrings the help, their
+    metadata the flag where the plain name would collide across groups."""
     p.add_argument("--quality", choices=list(QUALITY_PRESETS), default="balanced",
-                   help="preset for image size and feature count (default: balanced)")
-    p.add_argument("--max-image-size", type=int, help="longest side (px) used for features")
-    p.add_argument("--max-features", type=int, dest="max_num_features", help="SIFT features per photo")
-    p.add_argument("--sift-upsample", choices=["auto", "always", "never"],
-                   help="SIFT on images doubled in size: auto = only below 1200 px (default)")
-    p.add_argument("--camera-model", choices=CAMERA_MODELS, help="COLMAP camera model (default SIMPLE_RADIAL)")
-    cameras = p.add_mutually_exclusive_group()
-    cameras.add_argument("--single-camera", action="store_true", default=None,
-                         help="all photos share one camera's intrinsics (default: when size and EXIF camera agree)")
-    cameras.add_argument("--per-photo-camera", action="store_false", dest="single_camera",
-                         help="each photo has its own intrinsics (zoom lenses, several cameras)")
-    p.add_argument("--matcher", choices=["auto", "exhaustive", "sequential", "spatial"])
-    p.add_argument("--mapper", choices=["incremental", "global"])
-    p.add_argument("--undistort-max-size", type=int, help="longest side of undistorted images (0 = full)")
-    p.add_argument("--device", choices=["auto", "gpu", "cpu"])
-    p.add_argument("--threads", type=int, dest="num_threads")
-    p.add_argument("--dense-max-size", type=int, dest="dense_max_image_size",
-                   help="longest side (px) of the images depth maps are computed at")
-    p.add_argument("--num-sources", type=int, help="source views per depth map (default 6)")
-    p.add_argument("--min-consistent", type=int, help="views that must agree on a fused point (default 2)")
-    p.add_argument("--roi", type=_roi, help='region of interest: "cx,cy,cz,hx,hy,hz" (axis-aligned centre and '
-                   'half sizes) or JSON {"center", "half_size", "rotation"}; default: the sparse points\' bounds')
-    p.add_argument("--mesh-depth", type=int, help="Poisson octree depth (default: from the point spacing)")
-    p.add_argument("--face-budget", type=int, help="simplify the mesh to at most this many triangles")
-    p.add_argument("--dense-device", choices=["auto", "cuda", "cpu"], help="where depth maps are computed")
-    p.add_argument("--splat-steps", type=int, dest="splat_steps",
-                   help="Gaussian splat training steps (default from --quality: 3000/7000/30000)")
-    p.add_argument("--splat-size", type=int, dest="splat_max_image_size",
-                   help="longest side (px) of the photos splats are trained on")
-    p.add_argument("--sh-degree", type=int, choices=[0, 1, 2, 3], help="splat colour SH degree (default 3)")
-    p.add_argument("--strategy", choices=["default", "mcmc"], help="splat densification (default: gsplat's default)")
-    p.add_argument("--max-splats", type=int, help="upper bound on the number of splats (the MCMC budget)")
-    p.add_argument("--holdout-every", type=int, help="hold every n-th photo out of splat training to score it "
-                   "(default 8; 0 = train on all)")
-    p.add_argument("--splat-device", choices=["auto", "cuda", "cpu"], help="where splats are trained")
-    p.add_argument("--checkpoint-seconds", type=float, help="how often splat training saves a checkpoint (default 60)")
+                   help="preset for image sizes, feature counts, face budget and splat steps (default: balanced)")
+    for group, cls_ in OPTION_GROUPS.items():
+        docs, hints = field_docs(cls_), typing.get_type_hints(cls_)
+        section = p.add_argument_group(f"{group} options", (cls_.__doc__ or "").strip())
+        for f in fields(cls_):
+            flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+            dest = f"{group}.{f.name}"
+            preset = [f"{q} {v[group][f.name]}" for q, v in QUALITY_PRESETS.items() if f.name in v[group]]
+            default = f"from --quality: {', '.join(preset)}" if preset else \
+                ("automatic" if f.default is None else f"{f.default}")
+            text = f"{docs.get(f.name, '')} (default: {default})".strip().replace("%", "%%")
+            if "flag_false" in f.metadata:  # bool | None: two flags, neither given = automatic
+                both = section.add_mutually_exclusive_group()
+                both.add_argument(flag, action="store_true", dest=dest, default=None, help=text)
+                both.add_argument(f.metadata["flag_false"], action="store_false", dest=dest,
+                                  help=f"the opposite of {flag}")
+                continue
+            kind = hints[f.name]
+            choices = typing.get_args(kind) if typing.get_origin(kind) is Literal else None
+            if f.name == "camera_model":
+                choices = CAMERA_MODELS
+            parse = {int: int, float: float}.get(kind, _roi if f.name == "roi" else str)
+            metavar = None if choices else {int: "N", float: "X"}.get(kind, "BOX" if f.name == "roi" else "TEXT")
+            section.add_argument(flag, dest=dest, type=parse, choices=choices, metavar=metavar, help=text)
     p.add_argument("--force", choices=STAGES, help="rerun this stage and those after it even if cached")
     p.add_argument("--new", action="store_true", help="start the workspace over: remove its results (only the "
                    "files it made) when it was made for other photos")
@@ -105,22 +99,12 @@ def _roi(text: str) -> dict:
 
 
 def options_from_args(args: argparse.Namespace) -> JobOptions:
-    sfm = {k: getattr(args, k) for k in ("max_image_size", "max_num_features", "sift_upsample", "camera_model",
-                                         "single_camera",
-                                         "matcher", "mapper", "undistort_max_size", "device", "num_threads")
-           if getattr(args, k) is not None}
-    dense = {k: getattr(args, a) for k, a in (("max_image_size", "dense_max_image_size"),
-                                              ("num_sources", "num_sources"), ("min_consistent", "min_consistent"),
-                                              ("roi", "roi"), ("mesh_depth", "mesh_depth"),
-                                              ("face_budget", "face_budget"), ("device", "dense_device"))
-             if getattr(args, a) is not None}
-    splats = {k: getattr(args, a) for k, a in (("steps", "splat_steps"), ("max_image_size", "splat_max_image_size"),
-                                               ("sh_degree", "sh_degree"), ("strategy", "strategy"),
-                                               ("max_splats", "max_splats"), ("holdout_every", "holdout_every"),
-                                               ("device", "splat_device"), ("checkpoint_seconds", "checkpoint_seconds"))
-              if getattr(args, a) is not None}
-    return JobOptions.from_dict({"quality": args.quality, "sfm": sfm, "dense": dense, "splats": splats,
-                                 "force": args.force})
+    """The flags given, as the plain data every job's options come from; the
+    same validator as the protocol's checks them."""
+    groups = {group: {f.name: getattr(args, f"{group}.{f.name}") for f in fields(cls_)
+                      if getattr(args, f"{group}.{f.name}") is not None}
+              for group, cls_ in OPTION_GROUPS.items()}
+    return JobOptions.from_dict({"quality": args.quality, **groups, "force": args.force})
 
 
 def cmd_run(args: argparse.Namespace) -> int:

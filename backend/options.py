@@ -16,9 +16,9 @@ from backend.errors import ErrorCode, ReconstructError
 Quality = Literal["fast", "balanced", "high"]
 Matcher = Literal["auto", "exhaustive", "sequential", "spatial"]
 Mapper = Literal["incremental", "global"]
-Device = Literal["auto", "gpu", "cpu"]
+Device = Literal["auto", "cuda", "cpu"]
+"""Where a stage runs; one word for every group: auto takes a CUDA GPU when there is one."""
 Upsample = Literal["auto", "always", "never"]
-TorchDevice = Literal["auto", "cuda", "cpu"]
 Strategy = Literal["default", "mcmc"]
 
 CAMERA_MODELS = ("SIMPLE_PINHOLE", "PINHOLE", "SIMPLE_RADIAL", "RADIAL", "OPENCV", "FULL_OPENCV",
@@ -31,7 +31,7 @@ class SfmOptions:
 
     max_image_size: int = field(default=2000, metadata={"range": (64, 16384)})
     """Longest side (px) that feature extraction sees; cameras stay full size."""
-    max_num_features: int = field(default=8192, metadata={"range": (100, 262144)})
+    max_num_features: int = field(default=8192, metadata={"range": (100, 262144), "flag": "--max-features"})
     """SIFT features kept per photo."""
     sift_upsample: Upsample = "auto"
     """Run SIFT's first octave on the image doubled in size. It finds the
@@ -40,7 +40,8 @@ class SfmOptions:
     only when SIFT sees fewer than 1200 px."""
     camera_model: str = "SIMPLE_RADIAL"
     """COLMAP camera model; OPENCV for wide or strongly distorted lenses."""
-    single_camera: bool | None = None
+    single_camera: bool | None = field(default=None, metadata={"flag": "--single-camera",
+                                                               "flag_false": "--per-photo-camera"})
     """All photos share one camera's intrinsics (same body, lens and zoom).
     None (auto): shared when every photo has the same size and the same EXIF
     camera and focal length (or none at all). Per-photo intrinsics on a set
@@ -55,7 +56,7 @@ class SfmOptions:
     """Longest side of the undistorted images for the dense stages; 0 = full size."""
     device: Device = "auto"
     """Where SIFT runs: auto uses a CUDA GPU when pycolmap has one."""
-    num_threads: int = field(default=-1, metadata={"range": (-1, 1024)})
+    num_threads: int = field(default=-1, metadata={"range": (-1, 1024), "flag": "--threads"})
     """-1: every core."""
 
 
@@ -63,7 +64,7 @@ class SfmOptions:
 class DenseOptions:
     """Multi-view stereo, fusion and meshing: cameras to dense points and a mesh."""
 
-    max_image_size: int = field(default=1600, metadata={"range": (64, 16384)})
+    max_image_size: int = field(default=1600, metadata={"range": (64, 16384), "flag": "--dense-max-size"})
     """Longest side (px) of the images depth maps are computed at."""
     num_sources: int = field(default=6, metadata={"range": (1, 64)})
     """Source views compared with each reference view (chosen by shared sparse
@@ -75,12 +76,13 @@ class DenseOptions:
     roi: dict | None = None
     """Region of interest, an oriented box in world (= Blender) coordinates:
     {"center": [3], "rotation": [[3], [3], [3]] (columns: the box's axes),
-    "half_size": [3]}. None: the bounds of the sparse points."""
+    "half_size": [3]}, or on the command line "cx,cy,cz,hx,hy,hz" (axis-aligned). None: the bounds of
+    the sparse points."""
     mesh_depth: int = field(default=0, metadata={"range": (0, 13)})
     """Poisson octree depth; 0 chooses it from the point spacing."""
     face_budget: int = field(default=300_000, metadata={"range": (100, 100_000_000)})
     """The mesh is simplified to at most this many triangles."""
-    device: TorchDevice = "auto"
+    device: Device = field(default="auto", metadata={"flag": "--dense-device"})
     """Where depth maps are computed: auto uses a CUDA GPU when torch has one."""
 
 
@@ -88,9 +90,9 @@ class DenseOptions:
 class SplatOptions:
     """3D Gaussian splatting: cameras, sparse points and photos to splats."""
 
-    steps: int = field(default=7000, metadata={"range": (1, 10_000_000)})
+    steps: int = field(default=7000, metadata={"range": (1, 10_000_000), "flag": "--splat-steps"})
     """Training steps (one photo each)."""
-    max_image_size: int = field(default=1600, metadata={"range": (32, 16384)})
+    max_image_size: int = field(default=1600, metadata={"range": (32, 16384), "flag": "--splat-size"})
     """Longest side (px) of the photos the splats are trained on."""
     sh_degree: int = field(default=3, metadata={"range": (0, 3)})
     """Spherical-harmonic degree of the view-dependent colour (0 = flat colour).
@@ -105,8 +107,9 @@ class SplatOptions:
     holdout_every: int = field(default=8, metadata={"range": (0, 1_000_000)})
     """Every n-th photo (by name) is held out of training and scores the result
     (PSNR, SSIM in summary.json); 0 trains on all."""
-    seed: int = field(default=0, metadata={"range": (0, 2**31 - 1)})
-    device: TorchDevice = "auto"
+    seed: int = field(default=0, metadata={"range": (0, 2**31 - 1), "flag": "--splat-seed"})
+    """Random seed of the initialisation and the photo order."""
+    device: Device = field(default="auto", metadata={"flag": "--splat-device"})
     """auto: gsplat's CUDA rasteriser when torch sees a GPU, else our CPU one."""
     checkpoint_seconds: float = field(default=60.0, metadata={"range": (1.0, 86_400.0)})
     """How often a training run saves a checkpoint it can resume from."""
@@ -152,7 +155,7 @@ class JobOptions:
         if not isinstance(quality, str) or quality not in QUALITY_PRESETS:
             raise _bad("quality", quality, list(QUALITY_PRESETS))
         groups = {}
-        for group, cls_ in _GROUPS.items():
+        for group, cls_ in OPTION_GROUPS.items():
             given = data.pop(group, None)
             if given is None:
                 given = {}
@@ -188,7 +191,23 @@ def _bad(name: str, value, allowed: list) -> ReconstructError:
                             f"Use one of: {', '.join(map(str, allowed))}.")
 
 
-_GROUPS = {"sfm": SfmOptions, "dense": DenseOptions, "splats": SplatOptions}
+OPTION_GROUPS = {"sfm": SfmOptions, "dense": DenseOptions, "splats": SplatOptions}
+
+
+def field_docs(cls_) -> dict[str, str]:
+    """Each field's docstring (the string under it in the class body): the
+    one text the command line's help and the README use."""
+    import ast
+    import inspect
+    import textwrap
+
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls_))).body[0].body
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if (isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr)
+                and isinstance(after.value, ast.Constant) and isinstance(after.value.value, str)):
+            docs[node.target.id] = " ".join(after.value.value.split())
+    return docs
 
 
 def _kind(value) -> str:

@@ -25,7 +25,7 @@ from blender_addon.stages import STAGE
 from backend.device import package_versions
 from backend.errors import Cancelled, ErrorCode, ReconstructError, file_error
 from backend.options import JobOptions, SfmOptions
-from backend.photos import PhotoSet, looks_like_video_frames, one_camera, scan_photos
+from backend.photos import PhotoSet, looks_like_video_frames, one_camera, resolve_photo_folder, scan_photos
 from backend.stage_context import StageContext
 from backend.worker_client import Worker
 from backend.workspace import Workspace, stable_hash, write_json_atomic
@@ -122,8 +122,8 @@ def run_job(photos_dir: str | Path, workspace_dir: str | Path, options: JobOptio
     """Run (or reuse) the stages named in `stages` and every stage they read from.
     `start_over`: the workspace was made for other photos; remove our outputs there first."""
     cancel = cancel or threading.Event()
-    ws = Workspace(_absolute_folder(workspace_dir, "workspace"))
-    photos_path = Path(_absolute_folder(photos_dir, "photo folder", must_be_absolute=False)).expanduser().resolve()
+    ws = Workspace(resolve_photo_folder(_absolute_folder(workspace_dir, "workspace"), "workspace"))
+    photos_path = resolve_photo_folder(_absolute_folder(photos_dir, "photo folder", must_be_absolute=False))
     if ws.root == photos_path:
         raise ReconstructError(ErrorCode.WORKSPACE_UNWRITABLE,
                                "The workspace must not be the photo folder itself.",
@@ -177,6 +177,8 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
         events.log(f"the photos moved from {made_for} to {photos_path}: same files, same workspace")
     for skipped in photos.skipped:
         events.warning("skipped_file", f"Skipped {skipped.name}: {skipped.reason}.", asdict(skipped))
+    for notice in photos.notices:
+        events.warning(notice.code, notice.message + ".", notice.details)
     job.update(photos=str(photos_path), photo_identity=identity, options=options.to_dict(),
                backend_version=__version__, photo_cache={p.name: asdict(p) for p in photos.photos},
                skipped=[asdict(s) for s in photos.skipped])

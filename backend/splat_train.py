@@ -73,21 +73,22 @@ def split_views(names: list[str], holdout_every: int) -> tuple[list[int], list[i
 
 
 def ssim(a: "torch.Tensor", b: "torch.Tensor") -> "torch.Tensor":
-    """Mean structural similarity of two [H, W, 3] images in 0..1 (Gaussian
-    window 11 px, sigma 1.5; windows inside the image only)."""
+    """Mean SSIM of two [H, W, 3] images in 0..1, differentiable: the
+    definition of blender_addon/preview_math (its window and constants),
+    over the windows inside the image, as preview_math.ssim."""
     import torch
     import torch.nn.functional as F
 
-    x = torch.arange(11, dtype=a.dtype, device=a.device) - 5
-    g = torch.exp(-x**2 / (2 * 1.5**2))
-    g = g / g.sum()
-    window = (g[:, None] * g[None, :]).expand(3, 1, 11, 11)
+    from blender_addon.preview_math import SSIM_C1, SSIM_C2, ssim_kernel
+
+    g = torch.as_tensor(ssim_kernel(), dtype=a.dtype, device=a.device)
+    size = len(g)
+    window = (g[:, None] * g[None, :]).expand(3, 1, size, size)
     a, b = a.permute(2, 0, 1)[None], b.permute(2, 0, 1)[None]
     blur = lambda v: F.conv2d(v, window, groups=3)  # noqa: E731
     mu_a, mu_b = blur(a), blur(b)
     var_a, var_b, cov = blur(a * a) - mu_a**2, blur(b * b) - mu_b**2, blur(a * b) - mu_a * mu_b
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    s = ((2 * mu_a * mu_b + SSIM_C1) * (2 * cov + SSIM_C2)) / ((mu_a**2 + mu_b**2 + SSIM_C1) * (var_a + var_b + SSIM_C2))
     return s.mean()
 
 
