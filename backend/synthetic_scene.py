@@ -27,6 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from blender_addon.colmap_io import write_text_model
+from blender_addon.ply_io import write_ply
+
 # Bump when the scene, its rendering or its outputs change: ensure_scene then regenerates.
 GENERATOR_VERSION = 1
 
@@ -182,7 +185,8 @@ def _render_scene(out: Path, params: SceneParams) -> dict:
         )  # fmt: skip
     )
     poses = [blender_matrix_to_colmap(cam.matrix_world) for cam in cameras]
-    _write_colmap_text(out / "gt_colmap", params.width, params.height, intrinsics, poses, [f"{c.name}.png" for c in cameras])
+    write_text_model(out / "gt_colmap", {1: ("PINHOLE", params.width, params.height, list(intrinsics))},
+                     [(i, R, t, 1, f"{c.name}.png") for i, ((R, t), c) in enumerate(zip(poses, cameras), start=1)])
 
     obj_v, obj_f = _world_triangles(obj)
     ground_v, ground_f = _world_triangles(ground)
@@ -493,58 +497,8 @@ def _world_triangles(obj) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _write_ply(path: Path, vertices: np.ndarray, faces: np.ndarray) -> None:
-    header = (
-        "ply\nformat binary_little_endian 1.0\n"
-        f"element vertex {len(vertices)}\nproperty float x\nproperty float y\nproperty float z\n"
-        f"element face {len(faces)}\nproperty list uchar int vertex_indices\nend_header\n"
-    )
-    face_rows = np.empty(len(faces), dtype=[("n", "u1"), ("v", "<i4", (3,))])
-    face_rows["n"], face_rows["v"] = 3, faces
-    with open(path, "wb") as f:
-        f.write(header.encode("ascii"))
-        f.write(np.asarray(vertices, "<f4").tobytes())
-        f.write(face_rows.tobytes())
-
-
-def _rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """COLMAP's (w, x, y, z) for a rotation matrix, with w >= 0."""
-    K = np.array(
-        [
-            [R[0, 0] - R[1, 1] - R[2, 2], R[1, 0] + R[0, 1], R[2, 0] + R[0, 2], R[2, 1] - R[1, 2]],
-            [R[1, 0] + R[0, 1], R[1, 1] - R[0, 0] - R[2, 2], R[2, 1] + R[1, 2], R[0, 2] - R[2, 0]],
-            [R[2, 0] + R[0, 2], R[2, 1] + R[1, 2], R[2, 2] - R[0, 0] - R[1, 1], R[1, 0] - R[0, 1]],
-            [R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1], R[0, 0] + R[1, 1] + R[2, 2]],
-        ]
-    ) / 3.0
-    eigvals, eigvecs = np.linalg.eigh(K)
-    x, y, z, w = eigvecs[:, np.argmax(eigvals)]
-    q = np.array([w, x, y, z])
-    return -q if w < 0 else q
-
-
-def _write_colmap_text(model_dir: Path, width: int, height: int, intrinsics, poses, names) -> None:
-    """COLMAP text model: one shared PINHOLE camera, world-to-camera poses, no points."""
-    model_dir.mkdir(parents=True, exist_ok=True)
-    fx, fy, cx, cy = intrinsics
-    (model_dir / "cameras.txt").write_text(
-        "# Camera list with one line of data per camera:\n"
-        "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n"
-        f"1 PINHOLE {width} {height} {fx!r} {fy!r} {cx!r} {cy!r}\n"
-    )
-    lines = [
-        "# Image list with two lines of data per image:",
-        "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
-        "#   POINTS2D[] as (X, Y, POINT3D_ID)",
-    ]
-    for image_id, ((R, t), name) in enumerate(zip(poses, names), start=1):
-        q = _rotation_to_quaternion(R)
-        lines.append(" ".join([str(image_id), *(repr(float(v)) for v in (*q, *t)), "1", name]))
-        lines.append("")
-    (model_dir / "images.txt").write_text("\n".join(lines) + "\n")
-    (model_dir / "points3D.txt").write_text(
-        "# 3D point list with one line of data per point:\n"
-        "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)\n"
-    )
+    v = np.asarray(vertices, np.float32)
+    write_ply(path, {"x": v[:, 0], "y": v[:, 1], "z": v[:, 2]}, faces)
 
 
 def main(argv: list[str] | None = None) -> None:

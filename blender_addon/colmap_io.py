@@ -111,6 +111,45 @@ def quaternion_to_matrix(qvec) -> np.ndarray:
     )
 
 
+def matrix_to_quaternion(R) -> np.ndarray:
+    """COLMAP's quaternion ``(w, x, y, z)``, w >= 0, of a rotation matrix
+    (Bar-Itzhack: the top eigenvector of a symmetric 4x4, robust near 180 degrees)."""
+    R = np.asarray(R, np.float64)
+    K = np.array(
+        [
+            [R[0, 0] - R[1, 1] - R[2, 2], R[1, 0] + R[0, 1], R[2, 0] + R[0, 2], R[2, 1] - R[1, 2]],
+            [R[1, 0] + R[0, 1], R[1, 1] - R[0, 0] - R[2, 2], R[2, 1] + R[1, 2], R[0, 2] - R[2, 0]],
+            [R[2, 0] + R[0, 2], R[2, 1] + R[1, 2], R[2, 2] - R[0, 0] - R[1, 1], R[1, 0] - R[0, 1]],
+            [R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1], R[0, 0] + R[1, 1] + R[2, 2]],
+        ]
+    ) / 3.0
+    values, vectors = np.linalg.eigh(K)
+    x, y, z, w = vectors[:, np.argmax(values)]
+    return np.array([w, x, y, z]) * (1 if w >= 0 else -1)
+
+
+def write_text_model(folder: Path, cameras: dict, images: list, xyz=None, rgb=None) -> Path:
+    """A COLMAP text model: ``cameras`` {id: (model, width, height, params)},
+    ``images`` [(id, R, t, camera_id, name)] world-to-camera, optional points
+    ``xyz`` [N, 3] with ``rgb`` [N, 3] (each seen once, by the first image)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = [f"{cid} {m} {w} {h} " + " ".join(repr(float(p)) for p in params) for cid, (m, w, h, params) in cameras.items()]
+    (folder / "cameras.txt").write_text("# CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n" + "\n".join(lines) + "\n")
+    lines = []
+    for image_id, R, t, cid, name in images:
+        q = matrix_to_quaternion(R)
+        lines += [f"{image_id} " + " ".join(repr(float(v)) for v in (*q, *t)) + f" {cid} {name}", ""]
+    header = "# IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n#   POINTS2D[] as (X, Y, POINT3D_ID)\n"
+    (folder / "images.txt").write_text(header + "\n".join(lines) + "\n")
+    lines = []
+    if xyz is not None:
+        for i, (p, c) in enumerate(zip(xyz, rgb), start=1):
+            lines.append(f"{i} {float(p[0])!r} {float(p[1])!r} {float(p[2])!r} {c[0]} {c[1]} {c[2]} 0.5 1 0 2 0")
+    (folder / "points3D.txt").write_text("# POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[]\n" + "\n".join(lines) + "\n")
+    return folder
+
+
 def model_format(folder: Path) -> str | None:
     """"bin" or "txt" for the model files in ``folder``; None when there are none."""
     folder = Path(folder)

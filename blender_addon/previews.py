@@ -6,8 +6,8 @@ A PreviewSession works through a job's cameras one step per call of
 it, from that camera, at its photo's resolution and pixel aspect), so the
 timer that drives it never holds the UI for longer than one render, and a
 cancel is seen before the next. Where the job has splats their exact image
-comes from a SplatSource: the backend's render call (the add-on) or PNGs the
-backend wrote beforehand (`python -m backend previews`).
+comes from a SplatSource: the backend's render call (preview_ops.BackendSplats,
+used by the sidebar and by `python -m backend previews` alike).
 
 Per camera it writes previews/<camera>.png (photo | render | difference heat
 map, a row per source) and stores the scores on the camera object; at the
@@ -137,21 +137,6 @@ def splat_rgba(image_u8: np.ndarray, background) -> np.ndarray:
     rgba = np.asarray(image_u8, np.float64) / 255
     rgb = rgba[..., :3] + (1 - rgba[..., 3:]) * np.asarray(background, np.float64)
     return np.concatenate([rgb, rgba[..., 3:]], -1)
-
-
-class FileSplats(SplatSource):
-    """Renders the backend wrote beforehand: <folder>/<camera>.png (premultiplied
-    RGBA) and <folder>/background.json."""
-
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        self.background = json.loads((self.folder / "background.json").read_text())["background"]
-
-    def request(self, name, camera):
-        pass
-
-    def poll(self, name):
-        return splat_rgba(np.round(load_png(self.folder / f"{name}.png") * 255), self.background)
 
 
 @dataclass

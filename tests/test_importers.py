@@ -12,7 +12,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from blender_addon.colmap_io import read_model  # noqa: E402
+from blender_addon.colmap_io import read_model, write_text_model  # noqa: E402
 from blender_addon.importers import (  # noqa: E402
     apply_camera_resolution,
     import_cameras,
@@ -41,40 +41,6 @@ CAMERAS = {
 def empty_scene():
     bpy.ops.wm.read_factory_settings(use_empty=True)
     yield
-
-
-def rotation_to_quaternion(R: np.ndarray) -> np.ndarray:
-    """(w, x, y, z) as COLMAP writes it (Bar-Itzhack: the top eigenvector of a symmetric 4x4)."""
-    K = np.array(
-        [
-            [R[0, 0] - R[1, 1] - R[2, 2], 0, 0, 0],
-            [R[1, 0] + R[0, 1], R[1, 1] - R[0, 0] - R[2, 2], 0, 0],
-            [R[2, 0] + R[0, 2], R[2, 1] + R[1, 2], R[2, 2] - R[0, 0] - R[1, 1], 0],
-            [R[2, 1] - R[1, 2], R[0, 2] - R[2, 0], R[1, 0] - R[0, 1], R[0, 0] + R[1, 1] + R[2, 2]],
-        ]
-    ) / 3.0
-    values, vectors = np.linalg.eigh(K)
-    x, y, z, w = vectors[:, np.argmax(values)]
-    return np.array([w, x, y, z]) * (1 if w >= 0 else -1)
-
-
-def write_text_model(folder: Path, cameras: dict, images: list, xyz=None, rgb=None) -> Path:
-    """cameras: {id: (model, W, H, params)}; images: [(id, R, t, camera_id, name)]."""
-    folder.mkdir(parents=True, exist_ok=True)
-    lines = [f"{cid} {m} {w} {h} " + " ".join(repr(p) for p in params) for cid, (m, w, h, params) in cameras.items()]
-    (folder / "cameras.txt").write_text("# CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]\n" + "\n".join(lines) + "\n")
-    lines = []
-    for image_id, R, t, cid, name in images:
-        q = rotation_to_quaternion(R)
-        lines += [f"{image_id} " + " ".join(repr(float(v)) for v in (*q, *t)) + f" {cid} {name}", ""]
-    header = "# IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME\n"
-    (folder / "images.txt").write_text(header + "\n".join(lines) + "\n")
-    lines = []
-    if xyz is not None:
-        for i, (p, c) in enumerate(zip(xyz, rgb), start=1):
-            lines.append(f"{i} {p[0]!r} {p[1]!r} {p[2]!r} {c[0]} {c[1]} {c[2]} 0.5 1 0 2 0")
-    (folder / "points3D.txt").write_text("# POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[]\n" + "\n".join(lines) + "\n")
-    return folder
 
 
 def new_collection(name="Import"):
