@@ -5,9 +5,18 @@ Requests arrive as frames on stdin and events leave as frames on stdout
 requests; a job runs in its own thread, its heavy steps in the worker
 process, so a cancel is acted on at once. The server exits when its parent
 dies (PR_SET_PDEATHSIG, plus a watchdog), taking its worker with it.
+
+Nothing a peer sends is trusted: frames are bounded in bytes and decoded
+objects (protocol.FrameReader), an oversized frame is answered at once and
+the input resynchronised on protocol.SYNC, and every request is checked field
+by field before anything is started or allocated. Bad input is answered with
+bad_request, bad_options, malformed_frame or frame_too_large naming what is
+wrong, never with internal: internal means a bug here.
 """
 from __future__ import annotations
 
+import math
+import numbers
 import os
 import sys
 import threading
@@ -17,6 +26,11 @@ import traceback
 from blender_addon import protocol
 from blender_addon.protocol import ErrorCode
 from backend.errors import Cancelled, ReconstructError
+
+MAX_PENDING_RENDERS = 8
+"""Render requests queued at once (each waits in its own thread); more are answered busy."""
+MAX_COORDINATE = 1e9
+"""Largest matrix_world entry a render accepts: the renderer works in float32."""
 
 
 class Server:
@@ -30,6 +44,7 @@ class Server:
         self._device: dict | None = None
         self._device_ready = threading.Event()
         self._render_lock = threading.Lock()
+        self._renders = threading.BoundedSemaphore(MAX_PENDING_RENDERS)
         threading.Thread(target=self._probe_device, daemon=True, name="device-probe").start()
 
     def _probe_device(self) -> None:
@@ -42,6 +57,14 @@ class Server:
 
     def send(self, type_: str, **fields) -> None:
         frame = protocol.pack(protocol.message(type_, **fields))
+        if len(frame) - 4 > protocol.DEFAULT_MAX_FRAME_BYTES:
+            # The add-on would drop it: say so instead (a bug here, not bad input).
+            print(f"refusing to send a {type_} event of {len(frame) - 4} bytes", file=sys.stderr)
+            frame = protocol.pack(protocol.message(
+                protocol.ERROR, job=fields.get("job"), id=fields.get("id"), code=ErrorCode.INTERNAL,
+                message=f"The backend's {type_} event ({len(frame) - 4} bytes) is over the protocol's limit of "
+                        f"{protocol.DEFAULT_MAX_FRAME_BYTES} bytes.", hint="Please report this with the backend log.",
+                details={}))
         with self._lock:
             try:
                 self._out.write(frame)
@@ -58,7 +81,7 @@ class Server:
         theirs = msg.get("protocol")
         if theirs != protocol.PROTOCOL_VERSION:
             self.error(ErrorCode.PROTOCOL_MISMATCH,
-                       f"The add-on speaks protocol {theirs}, this backend speaks protocol {protocol.PROTOCOL_VERSION}.",
+                       f"The add-on speaks protocol {theirs!r}, this backend speaks protocol {protocol.PROTOCOL_VERSION}.",
                        "Install the same version of the add-on and the backend: press 'Set up backend' in the "
                        "add-on's preferences to reinstall the backend.",
                        {"backend_version": protocol.__version__})
@@ -73,42 +96,39 @@ class Server:
         self._device_ready.wait(timeout=60)
         self.send(protocol.HANDSHAKE, protocol=protocol.PROTOCOL_VERSION, backend_version=protocol.__version__,
                   device=self._device or {"type": "cpu", "name": "CPU"}, packages=package_versions(),
-                  pid=os.getpid())
+                  pid=os.getpid(), max_request_bytes=self.max_frame_bytes)
 
     def run(self, msg: dict) -> None:
+        """Checks the whole request (options included) here, on the reading
+        thread, so a bad one is refused before a thread, a worker or the
+        workspace is touched."""
         job = msg.get("job")
+        if not _is_id(job):
+            self.error(ErrorCode.BAD_REQUEST, f"A run request's 'job' must be a string or an integer, not "
+                                              f"{_kind(job)}.", "Name each job with a short string.")
+            return
+        try:
+            checked = _check_run(msg)
+        except ReconstructError as exc:
+            self.send(protocol.ERROR, job=job, **exc.as_fields())
+            return
         if self._job_id is not None:
             self.error(ErrorCode.BUSY, f"Job {self._job_id} is still running.",
                        "Wait for it to finish or cancel it first.", job=job)
             return
-        for key in ("photos", "workspace"):
-            if not isinstance(msg.get(key), str):
-                self.error(ErrorCode.BAD_REQUEST, f"A run request needs '{key}' (a folder path).", job=job)
-                return
         self._cancel = threading.Event()
         self._job_id = job if job is not None else ""
-        self._job_thread = threading.Thread(target=self._run_job, args=(msg, self._cancel), name=f"job-{job}")
+        self._job_thread = threading.Thread(target=self._run_job, args=(job, checked, self._cancel),
+                                            name=f"job-{job}")
         self._job_thread.start()
 
-    def _run_job(self, msg: dict, cancel: threading.Event) -> None:
-        from backend.options import STAGES, JobOptions
+    def _run_job(self, job, checked: dict, cancel: threading.Event) -> None:
         from backend.pipeline import run_job
 
-        job = msg.get("job")
-        events = _ProtocolEvents(self, job, str(msg["workspace"]))
+        events = _ProtocolEvents(self, job, checked["workspace"])
         try:
-            options = JobOptions.from_dict(msg.get("options") or {})
-            stages = tuple(msg.get("stages") or STAGES)
-            unknown = set(stages) - set(STAGES)
-            if unknown:
-                raise ReconstructError(ErrorCode.BAD_OPTIONS, f"Unknown stage(s): {', '.join(sorted(unknown))}.",
-                                       f"Stages: {', '.join(STAGES)}.")
-            start_over = msg.get("new", False)
-            if not isinstance(start_over, bool):
-                raise ReconstructError(ErrorCode.BAD_OPTIONS, f"new={start_over!r} must be true or false.",
-                                       "Send new: true only to start the workspace over for other photos.")
-            result = run_job(msg["photos"], msg["workspace"], options, events, cancel, stages,
-                             start_over=start_over)
+            result = run_job(checked["photos"], checked["workspace"], checked["options"], events, cancel,
+                             checked["stages"], start_over=checked["new"])
             final = (protocol.RESULT, dict(workspace=str(result.workspace), artifacts=result.artifacts,
                                            summary=result.summary, ran=result.ran))
         except Cancelled:
@@ -126,48 +146,88 @@ class Server:
         self.send(final[0], job=job, **final[1])
 
     def cancel(self, msg: dict) -> None:
-        if self._job_id is not None and msg.get("job") in (None, self._job_id):
+        job = msg.get("job")
+        if not _is_id(job):
+            self.error(ErrorCode.BAD_REQUEST, f"A cancel request's 'job' must be a string or an integer, not "
+                                              f"{_kind(job)}.")
+            return
+        if self._job_id is not None and job in (None, self._job_id):
             self._cancel.set()
 
     def render_splats(self, msg: dict) -> None:
+        rid = msg.get("id")
+        if not _is_id(rid):
+            self.send(protocol.ERROR, id=None, code=ErrorCode.BAD_REQUEST,
+                      message=f"A render request's 'id' must be a string or an integer, not {_kind(rid)}.",
+                      hint="", details={})
+            return
+        try:
+            checked = _check_render(msg)
+        except ReconstructError as exc:
+            self.send(protocol.ERROR, id=rid, **exc.as_fields())
+            return
+        if not self._renders.acquire(blocking=False):
+            self.send(protocol.ERROR, id=rid, code=ErrorCode.BUSY,
+                      message=f"{MAX_PENDING_RENDERS} renders are already waiting.",
+                      hint="Wait for their replies before asking for more.", details={})
+            return
         # Off the reading thread, so a cancel or another request is not held up by a render.
-        threading.Thread(target=self._render_splats, args=(msg,), daemon=True, name="render").start()
+        threading.Thread(target=self._render_splats, args=(rid, checked), daemon=True, name="render").start()
 
-    def _render_splats(self, msg: dict) -> None:
+    def _render_splats(self, rid, checked: dict) -> None:
+        from blender_addon.ply_io import PlyError
+
+        try:
+            self.send(protocol.RENDER, id=rid, **self._render(checked))
+        except ReconstructError as exc:
+            self.send(protocol.ERROR, id=rid, **exc.as_fields())
+        except PlyError as exc:
+            self.send(protocol.ERROR, id=rid, code=ErrorCode.FILE_ERROR,
+                      message=f"The splats file of {checked['workspace']} cannot be read: {exc}.",
+                      hint="Reconstruct the splats again (Gaussian Splats stage, forced).", details={})
+        except OSError as exc:
+            self.send(protocol.ERROR, id=rid, code=ErrorCode.FILE_ERROR,
+                      message=f"Reading the splats of {checked['workspace']} failed: "
+                              f"{exc.strerror or exc}{f' ({exc.filename})' if exc.filename else ''}.",
+                      hint="Check that the workspace is readable, or reconstruct the splats again.", details={})
+        except MemoryError:
+            self.send(protocol.ERROR, id=rid, code=ErrorCode.RENDER_FAILED,
+                      message=f"Not enough memory to render {checked['width']}x{checked['height']} pixels.",
+                      hint="Render previews at a lower Resolution %.", details={})
+        except Exception as exc:
+            # The request was checked: this is the renderer failing (a device
+            # error, a splats file it cannot use). Reported as such, not as a bad
+            # request, and not as internal: the backend goes on serving.
+            traceback.print_exc()
+            self.send(protocol.ERROR, id=rid, code=ErrorCode.RENDER_FAILED,
+                      message=f"Rendering the splats of {checked['workspace']} failed: {type(exc).__name__}: {exc}",
+                      hint="The backend log has the details; reconstructing the splats again may help.", details={})
+        finally:
+            self._renders.release()
+
+    def _render(self, c: dict) -> dict:
         import json
 
         import numpy as np
 
         from backend.splat_render import render_camera
         from backend.workspace import Workspace
-        from blender_addon.camera_math import blender_matrix_to_colmap
 
-        rid = msg.get("id")
+        ws = Workspace(c["workspace"])
+        if not ws.splats_ply.is_file():
+            raise ReconstructError(ErrorCode.NO_RESULT, f"The workspace {ws.root} has no splats yet.",
+                                   "Reconstruct with the Gaussian Splats stage turned on first.")
+        started = time.perf_counter()
+        with self._render_lock:
+            rgba = render_camera(ws.splats_ply, c["R"], c["t"], c["fx"], c["fy"], c["cx"], c["cy"],
+                                 c["width"], c["height"])
         try:
-            ws = Workspace(str(msg["workspace"]))
-            if not ws.splats_ply.is_file():
-                raise ReconstructError(ErrorCode.NO_RESULT, f"The workspace {ws.root} has no splats yet.",
-                                       "Reconstruct with the Gaussian Splats stage turned on first.")
-            cam = msg["camera"]
-            R, t = blender_matrix_to_colmap(np.asarray(cam["matrix_world"], np.float64))
-            started = time.perf_counter()
-            with self._render_lock:
-                rgba = render_camera(ws.splats_ply, R, t, float(cam["fx"]), float(cam["fy"]), float(cam["cx"]),
-                                     float(cam["cy"]), int(cam["width"]), int(cam["height"]))
             info = json.loads(ws.splats_info.read_text()) if ws.splats_info.is_file() else {}
-            self.send(protocol.RENDER, id=rid, image=(rgba * 255 + 0.5).astype(np.uint8),
-                      background=info.get("background", [0.0, 0.0, 0.0]),
-                      seconds=round(time.perf_counter() - started, 3))
-        except ReconstructError as exc:
-            self.send(protocol.ERROR, id=rid, **exc.as_fields())
-        except (KeyError, TypeError, ValueError) as exc:
-            self.send(protocol.ERROR, id=rid, code=ErrorCode.BAD_REQUEST,
-                      message=f"A render request needs workspace and camera {{matrix_world, width, height, fx, fy, "
-                              f"cx, cy}}: {exc!r}", hint="", details={})
-        except Exception as exc:
-            traceback.print_exc()
-            self.send(protocol.ERROR, id=rid, code=ErrorCode.INTERNAL, message=f"Rendering the splats failed: {exc}",
-                      hint="Please report this with the backend log.", details={})
+            background = [float(v) for v in info.get("background", [0.0, 0.0, 0.0])][:3]
+        except (ValueError, TypeError, AttributeError):  # a damaged splats.json: the training's default
+            background = [0.0, 0.0, 0.0]
+        return dict(image=(rgba * 255 + 0.5).astype(np.uint8), background=background,
+                    seconds=round(time.perf_counter() - started, 3))
 
     def stop(self) -> None:
         self._cancel.set()
@@ -182,10 +242,139 @@ class Server:
         handler = {protocol.HANDSHAKE: self.handshake, protocol.RUN: self.run, protocol.CANCEL: self.cancel,
                    protocol.RENDER_SPLATS: self.render_splats}.get(kind)
         if handler is None:
-            self.error(ErrorCode.BAD_REQUEST, f"Unknown request type {kind!r}.")
+            self.error(ErrorCode.BAD_REQUEST, f"Unknown request type {kind[:100]!r}.",
+                       f"Requests: {protocol.HANDSHAKE}, {protocol.RUN}, {protocol.CANCEL}, "
+                       f"{protocol.RENDER_SPLATS}, {protocol.SHUTDOWN}.")
         else:
             handler(msg)
         return True
+
+
+# Request checks: each names the field and what it may be -----------------
+def _kind(value) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {_short(value)}"
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_id(value) -> bool:
+    return value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _folder(msg: dict, key: str, what: str) -> str:
+    value = msg.get(key)
+    if not isinstance(value, str) or not value.strip() or "\0" in value:
+        raise ReconstructError(ErrorCode.BAD_REQUEST,
+                               f"A {what} request needs '{key}', a folder path (a non-empty string); got {_kind(value)}.")
+    return value
+
+
+def _check_run(msg: dict) -> dict:
+    """A run request's fields, checked; ReconstructError naming the first bad one."""
+    from backend.options import STAGES, JobOptions
+
+    photos = _folder(msg, "photos", "run")
+    workspace = _folder(msg, "workspace", "run")
+    options = msg.get("options")
+    if options is None:
+        options = {}
+    if not isinstance(options, dict):
+        raise ReconstructError(ErrorCode.BAD_OPTIONS,
+                               f"'options' must be a map of option names to values, not {_kind(options)}.",
+                               'Send e.g. options: {"quality": "fast", "sfm": {"max_image_size": 1600}}.')
+    stages = msg.get("stages")
+    if stages is None or stages == []:
+        stages = STAGES  # all of them
+    elif not isinstance(stages, list) or not all(isinstance(s, str) for s in stages):
+        raise ReconstructError(ErrorCode.BAD_OPTIONS,
+                               f"'stages' must be a list of stage names, not {_kind(stages)}.",
+                               f"Stages: {', '.join(STAGES)} (e.g. stages: [\"mesh\"]).")
+    else:
+        unknown = [s for s in dict.fromkeys(stages) if s not in STAGES]
+        if unknown:
+            raise ReconstructError(ErrorCode.BAD_OPTIONS,
+                                   f"'stages' names unknown stage(s): {', '.join(map(_short, unknown))}.",
+                                   f"Stages: {', '.join(STAGES)}.")
+        stages = tuple(stages)
+    start_over = msg.get("new", False)
+    if not isinstance(start_over, bool):
+        raise ReconstructError(ErrorCode.BAD_OPTIONS, f"'new' must be true or false, not {_kind(start_over)}.",
+                               "Send new: true only to start the workspace over for other photos.")
+    try:
+        job_options = JobOptions.from_dict(options)
+    except ReconstructError:
+        raise
+    except Exception as exc:  # the options' own checks missed a wrong type: still the options' fault
+        traceback.print_exc()
+        raise ReconstructError(ErrorCode.BAD_OPTIONS, f"The options could not be read: {type(exc).__name__}: {exc}.",
+                               "Check each option's type against the README.") from None
+    return {"photos": photos, "workspace": workspace, "options": job_options, "stages": stages,
+            "new": start_over}
+
+
+def _number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_render(msg: dict) -> dict:
+    """A render request's fields, checked before anything is allocated."""
+    import numpy as np
+
+    from blender_addon.camera_math import blender_matrix_to_colmap
+
+    def bad(message: str) -> ReconstructError:
+        return ReconstructError(ErrorCode.BAD_REQUEST, message,
+                                "A render request is {id, workspace, camera: {matrix_world (4x4), width, height, "
+                                "fx, fy, cx, cy (pixels)}}.")
+
+    workspace = _folder(msg, "workspace", "render")
+    if not os.path.isabs(os.path.expanduser(workspace)):
+        raise bad(f"A render request's 'workspace' must be an absolute path (relative to what the backend runs "
+                  f"in, it would mean another folder); got {_short(workspace)}.")
+    cam = msg.get("camera")
+    if not isinstance(cam, dict):
+        raise bad(f"A render request needs 'camera', a map; got {_kind(cam)}.")
+    matrix = cam.get("matrix_world")
+    if isinstance(matrix, np.ndarray):
+        matrix = matrix.tolist() if matrix.shape == (4, 4) else None
+    if not (isinstance(matrix, list) and len(matrix) == 4
+            and all(isinstance(row, list) and len(row) == 4
+                    and all(_number(v) and math.isfinite(v) and abs(v) <= MAX_COORDINATE for v in row)
+                    for row in matrix)):
+        raise bad(f"camera 'matrix_world' must be 4 rows of 4 finite numbers (at most {MAX_COORDINATE:g} in size); "
+                  f"got {_kind(matrix)}.")
+    M = np.asarray(matrix, np.float64)
+    if np.linalg.svd(M[:3, :3], compute_uv=False).min() <= 1e-12 * max(1.0, np.abs(M[:3, :3]).max()):
+        raise bad("camera 'matrix_world' has a zero scale: its 3x3 part is singular, no camera pose.")
+    try:
+        R, t = blender_matrix_to_colmap(M)
+    except ValueError as exc:
+        raise bad(f"camera 'matrix_world': {exc}.") from None
+    side = protocol.MAX_RENDER_SIDE
+    for key in ("width", "height"):
+        value = cam.get(key)
+        if not (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= side):
+            raise bad(f"camera '{key}' must be an integer from 1 to {side} (pixels); got {_kind(value)}.")
+    width, height = cam["width"], cam["height"]
+    if width * height > protocol.MAX_RENDER_PIXELS:
+        raise ReconstructError(
+            ErrorCode.BAD_REQUEST,
+            f"camera 'width' x 'height' is {width}x{height} = {width * height} pixels, over the limit of "
+            f"{protocol.MAX_RENDER_PIXELS} ({protocol.MAX_RENDER_PIXELS / 1e6:g} MP).",
+            "Render previews at a lower Resolution %.")
+    limit = protocol.MAX_RENDER_INTRINSIC
+    values = {}
+    for key, positive in (("fx", True), ("fy", True), ("cx", False), ("cy", False)):
+        value = cam.get(key)
+        ok = _number(value) and math.isfinite(value) and abs(value) <= limit and (value > 0 or not positive)
+        if not ok:
+            allowed = f"a number in (0, {limit:g}]" if positive else f"a number in [-{limit:g}, {limit:g}]"
+            raise bad(f"camera '{key}' must be {allowed} (pixels); got {_kind(value)}.")
+        values[key] = float(value)
+    return {"workspace": workspace, "R": R, "t": t, "width": width, "height": height, **values}
 
 
 class _ProtocolEvents:
@@ -206,7 +395,8 @@ class _ProtocolEvents:
                          artifacts=artifacts)
 
 
-def serve(max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES) -> int:
+def serve(max_frame_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES) -> int:
+    """Serve requests of at most `max_frame_bytes` each (the add-on's are a few kB)."""
     from backend.worker import die_with_parent
 
     die_with_parent()
@@ -215,14 +405,24 @@ def serve(max_frame_bytes: int = protocol.DEFAULT_MAX_FRAME_BYTES) -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     server = Server(out, max_frame_bytes)
-    stdin = sys.stdin.buffer
+    reader = protocol.FrameReader(sys.stdin.buffer, max_frame_bytes, max_items=protocol.DEFAULT_MAX_REQUEST_ITEMS,
+                                  resync=True)
     try:
         while True:
+            hunting = reader.hunting
             try:
-                msg = protocol.read_frame(stdin, max_frame_bytes)
+                msg = reader.read()
             except protocol.FrameError as exc:
-                server.error(exc.code, str(exc), "The request was dropped; the backend is still running.")
+                if exc.code == ErrorCode.FRAME_TOO_LARGE:
+                    hint = ("The request was dropped and everything up to the next SYNC marker will be: send "
+                            "protocol.SYNC, then requests again. The backend is still running.")
+                else:
+                    hint = "The request was dropped; the backend is still running."
+                server.error(exc.code, str(exc), hint, {"max_request_bytes": max_frame_bytes})
                 continue
+            finally:
+                if hunting and not reader.hunting:
+                    print(f"resynchronised on SYNC after discarding {reader.discarded} bytes", file=sys.stderr)
             if msg is None or not server.handle(msg):
                 break
     finally:

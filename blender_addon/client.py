@@ -4,6 +4,11 @@ Blender's main thread never touches the pipes: a writer thread sends the
 queued requests, a reader thread turns frames into events on a queue, and a
 third thread keeps the tail of the backend's stderr for error messages. The
 UI drains the event queue from a timer with `poll()`, which never blocks.
+`send()` never writes a frame over the backend's request limit (the limit
+its handshake reports; protocol.DEFAULT_MAX_REQUEST_BYTES before that): such
+a request is answered locally with a frame_too_large `error` event carrying
+its job or id. Should the backend still report frame_too_large, the reader
+writes protocol.SYNC so the backend resynchronises (see protocol.py).
 Start the backend from Blender's main thread: on Linux the backend dies with
 the thread that started it.
 """
@@ -31,6 +36,8 @@ class BackendClient:
         self._stderr_tail: collections.deque[str] = collections.deque(maxlen=60)
         self._proc: subprocess.Popen | None = None
         self.handshake: dict | None = None
+        self.max_request_bytes = protocol.DEFAULT_MAX_REQUEST_BYTES
+        """The backend's request limit: its handshake says, the protocol's default until then."""
         self._exit_reported = False
 
     def start(self) -> None:
@@ -56,10 +63,12 @@ class BackendClient:
 
     # Threads ------------------------------------------------------------
     def _read(self, proc: subprocess.Popen) -> None:
-        stream = proc.stdout
+        # Events from our own backend carry honest lengths: an oversized one is
+        # read and discarded by count (no resynchronising needed this way).
+        reader = protocol.FrameReader(proc.stdout, protocol.DEFAULT_MAX_FRAME_BYTES)
         while True:
             try:
-                msg = protocol.read_frame(stream)
+                msg = reader.read()
             except protocol.FrameError as exc:
                 self.events.put(protocol.message(protocol.ERROR, job=None, code=exc.code, message=str(exc),
                                                  hint="", details={}))
@@ -71,7 +80,13 @@ class BackendClient:
                 self.events.put({"type": "_exited"})
                 return
             if msg["type"] == protocol.HANDSHAKE:
+                limit = msg.get("max_request_bytes")
+                if isinstance(limit, int) and not isinstance(limit, bool) and limit > 0:
+                    self.max_request_bytes = limit
                 self.handshake = msg
+            elif msg["type"] == protocol.ERROR and msg.get("code") == ErrorCode.FRAME_TOO_LARGE:
+                # The backend discards everything we write until it reads SYNC.
+                self._outbox.put(protocol.SYNC)
             self.events.put(msg)
 
     def _write(self, proc: subprocess.Popen) -> None:
@@ -87,8 +102,22 @@ class BackendClient:
             self._stderr_tail.append(line.decode("utf-8", "replace").rstrip())
 
     # Main thread --------------------------------------------------------
-    def send(self, type_: str, **fields) -> None:
-        self._outbox.put(protocol.pack(protocol.message(type_, **fields)))
+    def send(self, type_: str, **fields) -> bool:
+        """Queue a request; False (and a frame_too_large `error` event with the
+        request's job or id, seen by the next poll) when it is over the
+        backend's limit: it is not sent, the backend never sees it."""
+        frame = protocol.pack(protocol.message(type_, **fields))
+        size = len(frame) - 4
+        if size > self.max_request_bytes:
+            self.events.put(protocol.message(
+                protocol.ERROR, job=fields.get("job"), id=fields.get("id"), code=ErrorCode.FRAME_TOO_LARGE,
+                message=f"The {type_} request ({size} bytes) is over the backend's limit of "
+                        f"{self.max_request_bytes} bytes; it was not sent.",
+                hint="Send less at once (the backend reads files from the workspace itself).",
+                details={"size": size, "limit": self.max_request_bytes, "local": True}))
+            return False
+        self._outbox.put(frame)
+        return True
 
     def poll(self, limit: int = 500) -> list[dict]:
         """Events received since the last call (never blocks). A backend that

@@ -3,13 +3,11 @@ subprocess driven over length-prefixed msgpack frames."""
 from __future__ import annotations
 
 import io
-import queue
 import shutil
 import signal
 import struct
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -18,61 +16,8 @@ import pytest
 
 from blender_addon import protocol
 from conftest import REPO, read_json
+from protocol_helpers import Backend  # noqa: F401  (test_dense and test_splat_train import it from here)
 from test_resume import _gone
-
-
-class Backend:
-    def __init__(self, tmp_path: Path, *args: str):
-        self.stderr = open(tmp_path / "serve.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "backend", "serve", *args], cwd=REPO,
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
-        self.events: queue.Queue = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        while (msg := protocol.read_frame(self.proc.stdout)) is not None:
-            self.events.put(msg)
-
-    def send_raw(self, data: bytes) -> None:
-        self.proc.stdin.write(data)
-        self.proc.stdin.flush()
-
-    def send(self, type_: str, **fields) -> None:
-        self.send_raw(protocol.pack(protocol.message(type_, **fields)))
-
-    def next(self, timeout: float = 120) -> dict:
-        return self.events.get(timeout=timeout)
-
-    def until(self, *types: str, timeout: float = 300) -> tuple[dict, list[dict]]:
-        """Events up to the first one of `types`; returns it and those before."""
-        seen, deadline = [], time.monotonic() + timeout
-        while True:
-            msg = self.next(max(0.1, deadline - time.monotonic()))
-            if msg["type"] in types:
-                return msg, seen
-            seen.append(msg)
-
-    def cancel_within(self, job: str, seconds: float) -> None:
-        """Cancel `job` and check that it ends as cancelled within `seconds`."""
-        asked = time.monotonic()
-        self.send(protocol.CANCEL, job=job)
-        reply, _ = self.until(protocol.CANCELLED, protocol.RESULT, protocol.ERROR, timeout=30)
-        elapsed = time.monotonic() - asked
-        assert reply["type"] == protocol.CANCELLED, reply
-        assert elapsed < seconds, f"cancel took {elapsed:.1f}s"
-
-    def handshake(self) -> dict:
-        self.send(protocol.HANDSHAKE, protocol=protocol.PROTOCOL_VERSION, client="tests")
-        return self.until(protocol.HANDSHAKE, protocol.ERROR)[0]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.send(protocol.SHUTDOWN)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.stderr.close()
 
 
 @pytest.fixture
@@ -162,7 +107,8 @@ def test_oversized_frame_is_refused_and_server_keeps_running(backend):
     backend.send_raw(struct.pack(">I", size) + b"\0" * size)
     reply = backend.next()
     assert reply["type"] == protocol.ERROR and reply["code"] == protocol.ErrorCode.FRAME_TOO_LARGE
-    assert str(size) in reply["message"]
+    assert str(size) in reply["message"] and "SYNC" in reply["hint"]
+    backend.send_raw(protocol.SYNC)  # what a peer does on frame_too_large: the server reads frames again
     assert backend.handshake()["type"] == protocol.HANDSHAKE
 
 
