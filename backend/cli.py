@@ -11,8 +11,8 @@ from dataclasses import fields
 from typing import Literal
 
 from backend.errors import Cancelled, ReconstructError
-from blender_addon.stages import STAGES as DECLARED
-from backend.options import CAMERA_MODELS, OPTION_GROUPS, QUALITY_PRESETS, STAGES, JobOptions, field_docs
+from blender_addon import stages as declared
+from backend.options import CAMERA_MODELS, OPTION_GROUPS, QUALITY_PRESETS, JobOptions, field_docs
 
 
 class TerminalEvents:
@@ -78,12 +78,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
             parse = {int: int, float: float}.get(kind, _roi if f.name == "roi" else str)
             metavar = None if choices else {int: "N", float: "X"}.get(kind, "BOX" if f.name == "roi" else "TEXT")
             section.add_argument(flag, dest=dest, type=parse, choices=choices, metavar=metavar, help=text)
-    p.add_argument("--force", choices=STAGES, help="rerun this stage and those after it even if cached")
+    p.add_argument("--force", choices=declared.NAMES, help="rerun this stage and those after it even if cached")
     p.add_argument("--new", action="store_true", help="start the workspace over: remove its results (only the "
                    "files it made) when it was made for other photos")
-    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES), metavar="STAGE",
+    p.add_argument("--stages", nargs="+", choices=declared.NAMES, default=list(declared.NAMES), metavar="STAGE",
                    help="run these stages and the ones they need (default: all): " +
-                   "; ".join(f"{s.name}: {s.description}" for s in DECLARED))
+                   "; ".join(f"{s.name}: {s.description}" for s in declared.STAGES))
 
 
 def _roi(text: str) -> dict:
@@ -164,7 +164,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from blender_addon.protocol import DEFAULT_MAX_FRAME_BYTES, __version__
+    args = build_parser().parse_args(argv)
+    return _run_command(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from blender_addon.protocol import DEFAULT_MAX_REQUEST_BYTES, __version__
 
     parser = argparse.ArgumentParser(prog="python -m backend", description="Photos to 3D: the compute backend.")
     parser.add_argument("--version", action="version", version=__version__)
@@ -175,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_run_options(run)
     run.set_defaults(func=cmd_run)
     serve = sub.add_parser("serve", help="serve the Blender add-on over stdin/stdout")
-    serve.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES)
+    serve.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_REQUEST_BYTES,
+                       help="largest request accepted, bytes (default: %(default)s)")
     serve.set_defaults(func=cmd_serve)
     previews = sub.add_parser("previews", help="render the mesh (through bpy) and the splats from every camera "
                               "beside its photo; scores in WORKSPACE/previews/metrics.json")
@@ -191,7 +197,10 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--quality", choices=list(QUALITY_PRESETS), default="balanced")
     demo.add_argument("--scene", help="where the synthetic scene is (re)used (default: OUT/scene)")
     demo.set_defaults(func=cmd_demo)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _run_command(args: argparse.Namespace) -> int:
     try:
         return args.func(args)
     except OSError as exc:  # anything the stages did not already explain

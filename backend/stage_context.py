@@ -8,8 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from blender_addon import protocol
 from blender_addon.layout import Layout
-from blender_addon.stages import STAGE, ancestors
+from blender_addon.stages import ancestors
 from backend.options import JobOptions
 
 
@@ -27,27 +28,28 @@ class StageContext:
     out: Path
     """Where the stage writes: `<output>.tmp` or `<output>.partial` (see Stage.kind)."""
     send: Callable[[dict], None] = field(default=lambda message: None, repr=False)
-    """How messages reach the job runner (the worker's pipe)."""
+    """How messages reach the job runner (the worker's pipe; protocol.py's worker messages)."""
 
     def path(self, stage: str) -> Path:
         """The finished output of `stage`, which must be one this stage reads."""
         if stage not in ancestors(self.stage):
             raise KeyError(f"the {self.stage} stage does not read the {stage} stage's output")
-        return getattr(self.layout, STAGE[stage].output)
+        return self.layout.output(stage)
 
     def progress(self, fraction: float, message: str) -> None:
-        self.send({"type": "progress", "fraction": float(fraction), "message": message})
+        self.send(protocol.message(protocol.PROGRESS, fraction=float(fraction), message=message))
 
     def warn(self, code: str, message: str, details: dict | None = None) -> None:
-        self.send({"type": "warning", "code": code, "message": message, "details": details or {}})
+        self.send(protocol.message(protocol.WARNING, code=code, message=message, details=details or {}))
 
     def log(self, message: str) -> None:
-        self.send({"type": "log", "message": message})
+        self.send(protocol.message(protocol.LOG, message=message))
 
     def poll_rows(self, database: Path, table: str, total: int, what: str) -> None:
         """Ask the job runner to report progress by counting rows of `table`
         (pycolmap's extraction and matching have no progress callback)."""
-        self.send({"type": "poll", "database": str(database), "table": table, "total": int(total), "what": what})
+        self.send(protocol.message(protocol.POLL, database=str(database), table=table, total=int(total),
+                                   what=what))
 
     def to_plain(self) -> dict:
         return {"stage": self.stage, "workspace": str(self.layout.root), "photos_folder": str(self.photos_folder),

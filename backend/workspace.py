@@ -23,7 +23,7 @@ import shutil
 from pathlib import Path
 
 from blender_addon.layout import MODEL_FILES, Layout
-from blender_addon.stages import NAMES, STAGE
+from blender_addon.stages import NAMES
 from backend.errors import ErrorCode, ReconstructError, file_error
 
 JOB_FORMAT = 1
@@ -52,7 +52,7 @@ class Workspace(Layout):
                    self.summary_file.with_name("summary.json.tmp")])
 
     def stage_output(self, stage: str) -> Path:
-        return getattr(self, STAGE[stage].output)
+        return self.output(stage)
 
     def stage_complete(self, stage: str) -> bool:
         """Whether a finished stage's files are all still there (a file deleted

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from . import stages
+
 MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin")
 """A COLMAP binary model: the files a model folder must hold."""
 
@@ -14,34 +16,38 @@ class Layout:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
 
+    def output(self, stage: str) -> Path:
+        """Where `stage`'s output lives (its declaration says)."""
+        return self.root / stages.STAGE[stage].output
+
     @property
     def job_file(self) -> Path: return self.root / "job.json"
     @property
     def summary_file(self) -> Path: return self.root / "summary.json"
     @property
-    def features_db(self) -> Path: return self.root / "sparse" / "features.db"
+    def features_db(self) -> Path: return self.output("features")
     @property
-    def database(self) -> Path: return self.root / "sparse" / "database.db"
+    def database(self) -> Path: return self.output("matching")
     @property
-    def model(self) -> Path: return self.root / "sparse" / "model"
+    def model(self) -> Path: return self.output("mapping")
     @property
-    def undistorted(self) -> Path: return self.root / "undistorted"
+    def undistorted(self) -> Path: return self.output("undistort")
     @property
     def undistorted_model(self) -> Path: return self.undistorted / "sparse"
     @property
     def undistorted_images(self) -> Path: return self.undistorted / "images"
     @property
-    def stereo(self) -> Path: return self.root / "dense" / "stereo"
+    def stereo(self) -> Path: return self.output("mvs")
     @property
-    def fused(self) -> Path: return self.root / "dense" / "fused.ply"
+    def fused(self) -> Path: return self.output("fusion")
     @property
-    def mesh_dir(self) -> Path: return self.root / "mesh"
+    def mesh_dir(self) -> Path: return self.output("mesh")
     @property
     def mesh_ply(self) -> Path: return self.mesh_dir / "mesh.ply"
     @property
     def mesh_glb(self) -> Path: return self.mesh_dir / "mesh.glb"
     @property
-    def splats_dir(self) -> Path: return self.root / "splats"
+    def splats_dir(self) -> Path: return self.output("splats")
     @property
     def splats_ply(self) -> Path: return self.splats_dir / "splats.ply"
     @property

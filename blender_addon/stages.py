@@ -25,7 +25,7 @@ class Stage:
     options: tuple[str, ...]
     """The fields of that group its output depends on: its input hash covers them."""
     output: str
-    """The Layout attribute of its output."""
+    """Where its output lives in the workspace (a path relative to it; blender_addon/layout.py)."""
     kind: str
     """How the output is written: "file" or "folder" (into <output>.tmp, moved
     into place when whole) or "partial" (<output>.partial keeps finished parts
@@ -44,26 +44,26 @@ class Stage:
 
 STAGES: tuple[Stage, ...] = (
     Stage("features", "Features", None, "sfm", ("max_image_size", "max_num_features", "camera_model"),
-          "features_db", "file", "backend.sfm:features_stage", 0.08,
+          "sparse/features.db", "file", "backend.sfm:features_stage", 0.08,
           description="SIFT features of every photo (COLMAP database)"),
-    Stage("matching", "Matching", "features", "sfm", ("matcher",), "database", "file",
+    Stage("matching", "Matching", "features", "sfm", ("matcher",), "sparse/database.db", "file",
           "backend.sfm:matching_stage", 0.08, description="matched and geometrically verified photo pairs"),
-    Stage("mapping", "Cameras", "matching", "sfm", ("mapper",), "model", "folder", "backend.sfm:mapping_stage",
+    Stage("mapping", "Cameras", "matching", "sfm", ("mapper",), "sparse/model", "folder", "backend.sfm:mapping_stage",
           0.08, description="calibrated cameras and sparse points (COLMAP model)"),
     Stage("undistort", "Undistortion", "mapping", "sfm", ("undistort_max_size",), "undistorted", "folder",
           "backend.sfm:undistort_stage", 0.04, part="cameras",
           description="pinhole photos and model, for the dense stages, the splats and Blender's cameras"),
     Stage("mvs", "Depth Maps", "undistort", "dense", ("max_image_size", "num_sources", "window_radius", "roi"),
-          "stereo", "partial", "backend.mvs:mvs_stage", 0.30, description="a depth and normal map per photo"),
-    Stage("fusion", "Dense Points", "mvs", "dense", ("min_consistent", "roi"), "fused", "file",
+          "dense/stereo", "partial", "backend.mvs:mvs_stage", 0.30, description="a depth and normal map per photo"),
+    Stage("fusion", "Dense Points", "mvs", "dense", ("min_consistent", "roi"), "dense/fused.ply", "file",
           "backend.fusion:fusion_stage", 0.05, part="dense", toggle="dense",
           description="depth maps fused into a dense colored point cloud"),
-    Stage("mesh", "Mesh", "fusion", "dense", ("mesh_depth", "face_budget", "roi"), "mesh_dir", "folder",
+    Stage("mesh", "Mesh", "fusion", "dense", ("mesh_depth", "face_budget", "roi"), "mesh", "folder",
           "backend.meshing:mesh_stage", 0.07, part="mesh", toggle="mesh",
           description="a Poisson mesh with vertex colors, trimmed and simplified"),
     Stage("splats", "Gaussian Splats", "undistort", "splats",
           ("steps", "max_image_size", "sh_degree", "strategy", "max_splats", "holdout_every", "seed"),
-          "splats_dir", "partial", "backend.splat_train:splats_stage", 0.30, part="splats", toggle="splats",
+          "splats", "partial", "backend.splat_train:splats_stage", 0.30, part="splats", toggle="splats",
           description="3D Gaussian splats trained on the photos"),
 )
 STAGE = {stage.name: stage for stage in STAGES}
