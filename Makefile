@@ -14,7 +14,14 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-.PHONY: install demo test
+# A quick tier for while you work (not what CI runs): the protocol, the stage
+# declarations and hashing, camera math, the importers and the bad-input checks,
+# on tiny inputs.
+FAST_TESTS := tests/test_stages.py tests/test_ssim.py tests/test_camera_math.py tests/test_colmap_io.py \
+	tests/test_importers.py tests/test_protocol_bad_input.py tests/test_bad_photos.py tests/test_bad_input.py \
+	tests/test_build_addon.py
+
+.PHONY: install demo test test-fast
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -22,3 +29,6 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -ra
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -ra $(FAST_TESTS)

@@ -2,10 +2,7 @@
 message that says what happened and what to do, and nothing is lost."""
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
-
-from conftest import copy_photos, read_json, run_backend, tree_digest
+from conftest import blob_photo, copy_photos, read_json, run_backend, tree_digest
 
 
 def test_missing_folder(tmp_path):
@@ -76,19 +73,11 @@ def test_bad_files_are_skipped_by_name_and_photos_are_untouched(tmp_path, temple
     assert tree_digest(photos) == before
 
 
-def _blobs(seed: int, size=(480, 360)) -> Image.Image:
-    """A smooth random colour pattern: plenty of SIFT features, but no two
-    images show the same thing."""
-    rng = np.random.default_rng(seed)
-    low = rng.random((size[1] // 12, size[0] // 12, 3))
-    return Image.fromarray((low * 255).astype(np.uint8)).resize(size, Image.BICUBIC)
-
-
 def test_images_too_different_to_match(tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
     for i in range(4):
-        _blobs(i).save(photos / f"unrelated_{i}.jpg", quality=95)
+        blob_photo(i).save(photos / f"unrelated_{i}.jpg", quality=95)
     proc = run_backend("run", photos, "--workspace", tmp_path / "ws")
     assert proc.returncode == 2
     assert "Could not reconstruct" in proc.stderr

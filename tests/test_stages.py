@@ -105,3 +105,34 @@ def test_the_option_fields_a_stage_hashes_are_the_ones_the_cli_offers():
         for f in fields(cls_):
             assert f"{group}.{f.name}" in dests, f"{group}.{f.name} has no flag"
             assert hints[f.name] is not None
+
+
+class _Quiet:
+    def progress(self, stage, fraction, message): pass
+    def warning(self, code, message, details): pass
+    def log(self, message): pass
+    def stage_done(self, stage, artifacts): pass
+
+
+def test_an_option_reruns_exactly_the_stages_that_declare_it(tmp_path):
+    """Hashing on tiny inputs: three generated photos, features only."""
+    from backend.options import JobOptions
+    from backend.pipeline import run_job
+    from conftest import blob_photo
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(3):
+        blob_photo(i, (240, 180)).save(photos / f"p{i}.jpg", quality=95)
+    ws = tmp_path / "ws"
+
+    def run(**sfm):
+        options = JobOptions.from_dict({"quality": "fast", "sfm": sfm})
+        return run_job(photos, ws, options, _Quiet(), stages=("features",)).ran
+
+    assert run() == ["features"]
+    assert run() == []  # nothing changed
+    assert run(mapper="global") == []  # an option of a later stage only
+    assert run(max_num_features=500) == ["features"]  # an option features declares
+    blob_photo(3, (240, 180)).save(photos / "p3.jpg", quality=95)
+    assert run(max_num_features=500) == ["features"]  # a photo was added
