@@ -32,7 +32,8 @@ class RECONSTRUCT_OT_run(bpy.types.Operator):
 class RECONSTRUCT_OT_cancel(bpy.types.Operator):
     bl_idname = "reconstruct.cancel"
     bl_label = "Cancel"
-    bl_description = "Stop the running reconstruction; finished stages are kept and the scene is left as it was"
+    bl_description = ("Stop the running reconstruction; finished stages are kept in the workspace, and what "
+                      "was already imported stays in the scene")
 
     @classmethod
     def poll(cls, context):

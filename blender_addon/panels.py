@@ -29,6 +29,7 @@ class VIEW3D_PT_reconstruct(bpy.types.Panel):
         col.enabled = not runner.running
         col.prop(s, "photos_dir")
         col.prop(s, "job_name")
+        col.prop(s, "start_over")
         col.prop(s, "quality")
         box = col.box()
         box.label(text="Stages")
@@ -62,6 +63,10 @@ class VIEW3D_PT_reconstruct(bpy.types.Panel):
             box.label(text=s.error, icon="ERROR")
             if s.hint:
                 box.label(text=s.hint, icon="INFO")
+        if s.workspace:
+            box.label(text=f"Workspace: {s.workspace}", icon="FILE_FOLDER")
+        if s.collection:
+            box.label(text=f"Collection: {s.collection}", icon="OUTLINER_COLLECTION")
         if s.warnings:
             box.label(text=f"Warnings ({len(s.warnings)})")
             box.template_list("RECONSTRUCT_UL_messages", "", s, "warnings", s, "warnings_index", rows=3)

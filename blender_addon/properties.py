@@ -41,7 +41,13 @@ class ReconstructSettings(bpy.types.PropertyGroup):
     photos_dir: StringProperty(name="Photos", subtype="DIR_PATH",
                                description="Folder of photos of one subject (read only, never modified)")
     job_name: StringProperty(name="Job Name", description="Name of the collection and workspace folder "
-                             "(default: the photo folder's name)")
+                             "(default: the photo folder's name, with its parent's for folders named "
+                             "images, photos, ...). A workspace made for other photos is never reused: "
+                             "the job gets '<name>-2' instead, unless Start Over is ticked")
+    start_over: BoolProperty(name="Start Over", default=False,
+                             description="Reuse the workspace '<Job Name>' even if it was made for other "
+                                         "photos: its results are removed and made again for these photos "
+                                         "(for the next run only)")
     quality: EnumProperty(name="Quality", items=QUALITY_ITEMS, default="balanced")
     stage_cameras: BoolProperty(name="Cameras & Sparse Points", default=True,
                                 description="Structure-from-Motion: calibrated cameras and a sparse point cloud")

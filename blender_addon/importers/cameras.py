@@ -7,6 +7,7 @@ camera keeps its photo's on itself and they are applied when it becomes the scen
 """
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import bpy
@@ -22,6 +23,44 @@ IMAGE_NAME_KEY = "reconstruct_image"  # the image's name in the COLMAP model
 IMAGE_ID_KEY = "reconstruct_image_id"
 
 
+@dataclass
+class CameraSpec:
+    """One camera, worked out from the model (numpy and paths only, so any thread may make it)."""
+
+    stem: str
+    image_name: str
+    image_id: int
+    intrinsics: camera_math.BlenderIntrinsics
+    matrix_world: list  # 4x4 rows
+    photo: Path | None  # the background photo, where it exists
+
+
+@dataclass
+class CamerasData:
+    cameras: list[CameraSpec]
+    scale: float | None  # typical distance of the cameras from their middle
+
+    def __len__(self) -> int:
+        return len(self.cameras)
+
+
+def prepare_cameras(model: Model, image_dir: Path | None = None) -> CamerasData:
+    """The numpy half of :func:`import_cameras`: intrinsics, poses, which photos exist; no bpy."""
+    images = sorted(model.images.values(), key=lambda im: im.name)
+    centers = np.array([im.center for im in images]).reshape(-1, 3)
+    specs = []
+    for image in images:
+        cam = model.cameras.get(image.camera_id)
+        if cam is None:
+            raise ValueError(f"image {image.name!r} refers to camera {image.camera_id}, which the model does not have")
+        photo = Path(image_dir) / image.name if image_dir is not None else None
+        specs.append(CameraSpec(Path(image.name).stem, image.name, image.id,
+                                camera_math.intrinsics_to_blender(cam.width, cam.height, *cam.pinhole()),
+                                camera_math.colmap_to_blender_matrix(image.R, image.t).tolist(),
+                                photo if photo is not None and photo.is_file() else None))
+    return CamerasData(specs, _scene_scale(centers))
+
+
 def import_cameras(
     model: Model, collection: bpy.types.Collection, image_dir: Path | None = None
 ) -> list[bpy.types.Object]:
@@ -31,37 +70,36 @@ def import_cameras(
     model and photos where there are some. Photos found under ``image_dir`` become the
     cameras' background images.
     """
-    images = sorted(model.images.values(), key=lambda im: im.name)
-    centers = np.array([im.center for im in images]).reshape(-1, 3)
-    scale = _scene_scale(centers)
-    objects = []
-    for image in images:
-        cam = model.cameras.get(image.camera_id)
-        if cam is None:
-            raise ValueError(f"image {image.name!r} refers to camera {image.camera_id}, which the model does not have")
-        intr = camera_math.intrinsics_to_blender(cam.width, cam.height, *cam.pinhole())
-        stem = Path(image.name).stem
-        data = bpy.data.cameras.new(stem)
-        data.type = "PERSP"
-        data.lens_unit = "MILLIMETERS"
-        data.lens = intr.lens
-        data.sensor_width = intr.sensor_width
-        data.sensor_height = intr.sensor_height
-        data.sensor_fit = intr.sensor_fit
-        data.shift_x, data.shift_y = intr.shift_x, intr.shift_y
-        if scale is not None:
-            data.display_size = 0.1 * scale
-            data.clip_start = min(data.clip_start, 0.01 * scale)
-            data.clip_end = max(data.clip_end, 100.0 * scale)
+    return build_cameras(prepare_cameras(model, image_dir), collection)
 
-        obj = bpy.data.objects.new(stem, data)
-        obj.matrix_world = Matrix(camera_math.colmap_to_blender_matrix(image.R, image.t).tolist())
+
+def build_cameras(data: CamerasData, collection: bpy.types.Collection) -> list[bpy.types.Object]:
+    """The bpy half of :func:`import_cameras` (main thread): one camera object per spec."""
+    scale = data.scale
+    objects = []
+    for spec in data.cameras:
+        intr = spec.intrinsics
+        cam_data = bpy.data.cameras.new(spec.stem)
+        cam_data.type = "PERSP"
+        cam_data.lens_unit = "MILLIMETERS"
+        cam_data.lens = intr.lens
+        cam_data.sensor_width = intr.sensor_width
+        cam_data.sensor_height = intr.sensor_height
+        cam_data.sensor_fit = intr.sensor_fit
+        cam_data.shift_x, cam_data.shift_y = intr.shift_x, intr.shift_y
+        if scale is not None:
+            cam_data.display_size = 0.1 * scale
+            cam_data.clip_start = min(cam_data.clip_start, 0.01 * scale)
+            cam_data.clip_end = max(cam_data.clip_end, 100.0 * scale)
+
+        obj = bpy.data.objects.new(spec.stem, cam_data)
+        obj.matrix_world = Matrix(spec.matrix_world)
         obj[RESOLUTION_KEY] = (intr.resolution_x, intr.resolution_y)
         obj[PIXEL_ASPECT_KEY] = (intr.pixel_aspect_x, intr.pixel_aspect_y)
-        obj[IMAGE_NAME_KEY] = image.name
-        obj[IMAGE_ID_KEY] = image.id
-        if image_dir is not None:
-            _set_background_photo(data, Path(image_dir) / image.name)
+        obj[IMAGE_NAME_KEY] = spec.image_name
+        obj[IMAGE_ID_KEY] = spec.image_id
+        if spec.photo is not None:
+            _set_background_photo(cam_data, spec.photo)
         collection.objects.link(obj)
         objects.append(obj)
     return objects
@@ -171,6 +209,8 @@ def _set_background_photo(data: bpy.types.Camera, path: Path) -> bool:
     if not path.is_file():
         return False
     image = bpy.data.images.load(str(path), check_existing=True)
+    if image.has_data:  # already loaded (a rerun replacing this job's cameras): the file may be new
+        image.reload()
     background = data.background_images.new()
     background.image = image
     background.source = "IMAGE"

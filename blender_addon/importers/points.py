@@ -12,6 +12,8 @@ their material's viewport color only (its "Attribute" color type works for meshe
 the colors show in Material Preview, Rendered, and Cycles/EEVEE renders.
 """
 
+from dataclasses import dataclass
+
 import bpy
 import numpy as np
 
@@ -22,6 +24,28 @@ MODIFIER = "Reconstruct Points"
 POINT_SIZE = "Point Size"
 # Bumped when the node group or material changes, so files with an older one get a new one.
 _VERSION_KEY, _VERSION = "reconstruct_points_version", 1
+_SLICE = 1 << 18  # rows per numpy call when converting large arrays
+
+
+@dataclass
+class PointsData:
+    """A cloud ready for Blender: flat float32 arrays that ``foreach_set`` takes as they are.
+    Made by :func:`prepare_points` (numpy only, so any thread may make it)."""
+
+    xyz: np.ndarray  # [N * 3] float32
+    rgba: np.ndarray | None  # [N * 4] float32 scene-linear, or None (no colors)
+
+    def __len__(self) -> int:
+        return len(self.xyz) // 3
+
+
+def prepare_points(xyz: np.ndarray, rgb: np.ndarray | None) -> PointsData:
+    """The numpy half of :func:`import_points`: checks and conversions, no bpy."""
+    xyz = np.ascontiguousarray(xyz, dtype=np.float32).reshape(-1, 3)
+    n = len(xyz)
+    if rgb is not None and np.shape(rgb) != (n, 3):
+        raise ValueError(f"{n} points but colors of shape {np.shape(rgb)}; expected ({n}, 3)")
+    return PointsData(xyz.ravel(), None if rgb is None else linear_rgba(rgb).ravel())
 
 
 def import_points(
@@ -32,18 +56,21 @@ def import_points(
     point_size: float = 0.01,
 ) -> bpy.types.Object:
     """A point cloud object named ``name`` linked into ``collection``; ``point_size`` is the radius."""
-    xyz = np.ascontiguousarray(xyz, dtype=np.float32).reshape(-1, 3)
-    n = len(xyz)
-    if rgb is not None and np.shape(rgb) != (n, 3):
-        raise ValueError(f"{n} points but colors of shape {np.shape(rgb)}; expected ({n}, 3)")
+    return build_points(name, prepare_points(xyz, rgb), collection, point_size)
+
+
+def build_points(name: str, data: PointsData, collection: bpy.types.Collection,
+                 point_size: float = 0.01) -> bpy.types.Object:
+    """The bpy half of :func:`import_points` (main thread): datablocks from prepared arrays."""
+    n = len(data)
     mesh = bpy.data.meshes.new(name)
     mesh.vertices.add(n)
     if n:  # an empty mesh has no "position" attribute yet
-        mesh.attributes["position"].data.foreach_set("vector", xyz.ravel())
+        mesh.attributes["position"].data.foreach_set("vector", data.xyz)
 
     attr = mesh.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
-    if n and rgb is not None:
-        attr.data.foreach_set("color", linear_rgba(rgb).ravel())
+    if n and data.rgba is not None:
+        attr.data.foreach_set("color", data.rgba)
     mesh.color_attributes.active_color = attr
     mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index
     mesh.update()
@@ -71,13 +98,17 @@ def get_point_size(obj: bpy.types.Object) -> float:
 
 
 def linear_rgba(rgb: np.ndarray) -> np.ndarray:
-    """[N, 4] float32 scene-linear RGBA (alpha 1) from sRGB colors, as Blender's color attributes store them."""
+    """[N, 4] float32 scene-linear RGBA (alpha 1) from sRGB colors, as Blender's color attributes store them.
+    Converted in slices, so a thread doing this for millions of points lets the main thread run between
+    them (numpy holds the GIL through a fancy-indexing call)."""
     rgb = np.asarray(rgb).reshape(-1, 3)
     rgba = np.ones((len(rgb), 4), np.float32)
-    if rgb.dtype == np.uint8:
-        rgba[:, :3] = _SRGB_TO_LINEAR_U8[rgb]  # a table lookup: 256 values, N x 3 lookups
-    else:
-        rgba[:, :3] = _srgb_to_linear(np.clip(rgb.astype(np.float32), 0.0, 1.0))
+    for start in range(0, len(rgb), _SLICE):
+        part = rgb[start:start + _SLICE]
+        if rgb.dtype == np.uint8:
+            rgba[start:start + _SLICE, :3] = _SRGB_TO_LINEAR_U8[part]  # a table lookup: 256 values
+        else:
+            rgba[start:start + _SLICE, :3] = _srgb_to_linear(np.clip(part.astype(np.float32), 0.0, 1.0))
     return rgba
 
 

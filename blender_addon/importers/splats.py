@@ -12,6 +12,8 @@ opacity: a display of the splats, not the splatting renderer (the backend render
 those exactly).
 """
 
+from dataclasses import dataclass
+
 import bpy
 import numpy as np
 
@@ -24,22 +26,50 @@ OPACITY, SCALE, ROTATION = "opacity", "scale", "rotation"
 _VERSION_KEY, _VERSION = "reconstruct_splats_version", 1
 
 
+@dataclass
+class SplatsData:
+    """Splats ready for Blender: flat float32 arrays that ``foreach_set`` takes as they are.
+    Made by :func:`prepare_splats` (numpy only, so any thread may make it)."""
+
+    means: np.ndarray  # [N * 3]
+    rgba: np.ndarray  # [N * 4] scene-linear
+    opacity: np.ndarray  # [N]
+    scale: np.ndarray  # [N * 3]
+    rotation: np.ndarray  # [N * 4] unit (w, x, y, z)
+
+    def __len__(self) -> int:
+        return len(self.opacity)
+
+
+def prepare_splats(splats: Splats) -> SplatsData:
+    """The numpy half of :func:`import_splats`: conversions, no bpy."""
+    f32 = lambda a: np.ascontiguousarray(a, np.float32).ravel()  # noqa: E731
+    return SplatsData(f32(splats.means), linear_rgba(splats.colors()).ravel(), f32(splats.opacities()),
+                      f32(splats.scales()), f32(splats.unit_quats()))
+
+
 def import_splats(name: str, splats: Splats, collection: bpy.types.Collection, density: float = 1.0,
                   size: float = 2.0) -> bpy.types.Object:
-    n = len(splats)
+    return build_splats(name, prepare_splats(splats), collection, density=density, size=size)
+
+
+def build_splats(name: str, data: SplatsData, collection: bpy.types.Collection, density: float = 1.0,
+                 size: float = 2.0) -> bpy.types.Object:
+    """The bpy half of :func:`import_splats` (main thread): datablocks from prepared arrays."""
+    n = len(data)
     mesh = bpy.data.meshes.new(name)
     mesh.vertices.add(n)
     color = mesh.color_attributes.new(COLOR_ATTRIBUTE, "FLOAT_COLOR", "POINT")
-    attrs = {OPACITY: ("FLOAT", "value", splats.opacities()),
-             SCALE: ("FLOAT_VECTOR", "vector", splats.scales()),
-             ROTATION: ("QUATERNION", "value", splats.unit_quats())}
+    attrs = {OPACITY: ("FLOAT", "value", data.opacity),
+             SCALE: ("FLOAT_VECTOR", "vector", data.scale),
+             ROTATION: ("QUATERNION", "value", data.rotation)}
     if n:
-        mesh.attributes["position"].data.foreach_set("vector", np.ascontiguousarray(splats.means, np.float32).ravel())
-        color.data.foreach_set("color", linear_rgba(splats.colors()).ravel())
+        mesh.attributes["position"].data.foreach_set("vector", data.means)
+        color.data.foreach_set("color", data.rgba)
     for attr_name, (kind, prop, values) in attrs.items():
         attr = mesh.attributes.new(attr_name, kind, "POINT")
         if n:
-            attr.data.foreach_set(prop, np.ascontiguousarray(values, np.float32).ravel())
+            attr.data.foreach_set(prop, values)
     mesh.color_attributes.active_color = color
     mesh.update()
     obj = bpy.data.objects.new(name, mesh)
