@@ -89,7 +89,8 @@ class Workspace(Layout):
             entries = sorted(e.name for e in os.scandir(self.root) if e.name not in _OS_LITTER)
         except OSError as exc:
             raise file_error(exc, "opening the workspace") from None
-        if not entries or entries == [self.lock_file.name]:
+        # What an early failure leaves (the lock, the worker's log) before job.json exists.
+        if set(entries) <= {self.lock_file.name, self.log_file.parent.name, ".write-test"}:
             return
         if self.job_file.name not in entries:
             shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if len(entries) > 5 else "")
@@ -123,6 +124,8 @@ class Workspace(Layout):
         except OSError:
             raise ReconstructError(ErrorCode.WORKSPACE_BUSY, f"Another reconstruction is using {self.root}.",
                                    "Wait for it to finish or cancel it, or choose another workspace.") from None
+        if not self.job_file.exists():
+            self.save_job(self.load_job())  # claim the folder at once: ours from now on, whatever fails next
         return self
 
     def start_over(self) -> None:

@@ -303,3 +303,15 @@ def test_no_module_loads_with_full_unpickling():
     offenders = [str(p) for p in sources if "weights_only=" + "False" in p.read_text()
                  or "import " + "pickle" in p.read_text()]
     assert not offenders
+
+
+def test_a_first_run_that_fails_early_leaves_a_workspace_the_next_run_accepts(tmp_path, temple):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    ws = tmp_path / "ws"
+    proc = _features(empty, ws)
+    assert proc.returncode == 2 and "is empty" in proc.stderr
+    assert read_json(ws / "job.json")["made_by"] == "blender-reconstruct"
+    photos = copy_photos(temple / "images", tmp_path / "photos", TEMPLE_NAMES[:3])
+    proc = _features(photos, ws)
+    assert proc.returncode == 0, proc.stderr
