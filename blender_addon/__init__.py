@@ -19,6 +19,7 @@ def register() -> None:
     from . import import_colmap, properties
     from .importers import cameras
 
+    properties.add_stage_toggles()
     for module in _modules():
         for cls in getattr(module, "classes", ()):
             bpy.utils.register_class(cls)

@@ -22,6 +22,7 @@ import bpy
 from . import preferences, protocol
 from .client import BackendClient, BackendStartError
 from .protocol import ErrorCode
+from .properties import toggled
 from .results import LABELS, import_hint
 
 TICK_SECONDS = 0.1
@@ -132,8 +133,7 @@ class Runner:
     def parts(self) -> tuple[str, ...]:
         """What to import from the workspace: what the user asked for."""
         settings = self._settings()
-        chosen = {"dense": settings.stage_dense, "mesh": settings.stage_mesh, "splats": settings.stage_splats}
-        return ("cameras", "sparse", *(part for part, on in chosen.items() if on))
+        return ("cameras", "sparse", *(stage.part for stage in toggled(settings) if stage.part))
 
     def cancel(self) -> None:
         if self.client is not None and self.job_id is not None and self.ending is None:
@@ -332,12 +332,11 @@ def _error_hint(msg: dict) -> str:
 
 def requested_stages(settings) -> list[str]:
     """What the backend is asked for (it runs these and the stages they need)."""
-    chosen = {"fusion": settings.stage_dense, "mesh": settings.stage_mesh, "splats": settings.stage_splats}
-    return ["undistort", *(stage for stage, on in chosen.items() if on)]
+    return ["undistort", *(stage.name for stage in toggled(settings))]
 
 
 def dense_options(settings, device: str) -> dict:
-    options = {"device": {"gpu": "cuda"}.get(device, device)}
+    options = {"device": device}
     if settings.roi_object is not None:
         from .roi import object_box
 

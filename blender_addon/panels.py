@@ -5,7 +5,9 @@ import time
 
 import bpy
 
+from . import stages
 from .jobs import runner
+from .properties import toggle_property, toggled
 
 _STATE_ICONS = {"IDLE": "BLANK1", "STARTING": "TIME", "RUNNING": "TIME", "IMPORTING": "IMPORT",
                 "DONE": "CHECKMARK", "CANCELLED": "CANCEL", "ERROR": "ERROR"}
@@ -33,12 +35,12 @@ class VIEW3D_PT_reconstruct(bpy.types.Panel):
         col.prop(s, "quality")
         box = col.box()
         box.label(text="Stages")
-        box.prop(s, "stage_cameras")
-        box.prop(s, "stage_dense")
-        box.prop(s, "stage_mesh")
-        box.prop(s, "stage_splats")
+        box.label(text="Cameras & Sparse Points (always)", icon="CHECKBOX_HLT")
+        for stage in stages.STAGES:
+            if stage.toggle:
+                box.prop(s, toggle_property(stage))
         row = col.row()
-        row.active = s.stage_dense or s.stage_mesh
+        row.active = any(stage.group == "dense" for stage in toggled(s))
         row.prop(s, "roi_object", icon="CUBE")
         col.prop(s, "point_size")
         row = layout.row(align=True)

@@ -83,7 +83,7 @@ class ReconstructPreferences(bpy.types.AddonPreferences):
         description="Where each job's workspace folder is created (empty: 'reconstructions' beside the "
                     ".blend file, or ~/Reconstruct)")
     device: EnumProperty(name="Device", items=[("auto", "Auto", "GPU when available, else CPU"),
-                                               ("gpu", "GPU", "CUDA GPU"), ("cpu", "CPU", "CPU only")],
+                                               ("cuda", "GPU", "CUDA GPU"), ("cpu", "CPU", "CPU only")],
                          default="auto")
 
     def draw(self, context):

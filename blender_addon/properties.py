@@ -49,20 +49,10 @@ class ReconstructSettings(bpy.types.PropertyGroup):
                                          "photos: its results are removed and made again for these photos "
                                          "(for the next run only)")
     quality: EnumProperty(name="Quality", items=QUALITY_ITEMS, default="balanced")
-    stage_cameras: BoolProperty(name="Cameras & Sparse Points", default=True,
-                                description="Structure-from-Motion: calibrated cameras and a sparse point cloud")
-    stage_dense: BoolProperty(name="Dense Points", default=True,
-                              description="Multi-view stereo: a depth map per photo, fused into a dense colored "
-                                          "point cloud")
-    stage_mesh: BoolProperty(name="Mesh", default=True,
-                             description="An editable mesh with vertex colors, meshed from the dense points")
     roi_object: PointerProperty(name="Region", type=bpy.types.Object,
                                 description="Only reconstruct inside this object's bounding box (any object: "
                                             "a cube scaled around the subject, an empty, ...). Empty: "
                                             "the bounds of the sparse points")
-    stage_splats: BoolProperty(name="Gaussian Splats", default=True,
-                               description="3D Gaussian splats trained on the photos: photoreal, view-dependent "
-                                           "color. Fast on a CUDA GPU; on the CPU expect minutes to hours")
     point_size: FloatProperty(name="Point Size", default=0.01, min=0.0001, soft_max=0.2, precision=4,
                               description="Radius of the imported points")
 
@@ -100,6 +90,31 @@ class ReconstructSettings(bpy.types.PropertyGroup):
 
 
 classes = (ReconstructMessage, ReconstructPreviewScore, ReconstructSettings)
+
+
+def add_stage_toggles() -> None:
+    """A switch per stage that declares one (blender_addon/stages.py):
+    Settings.stage_<toggle>. Called before the classes are registered."""
+    from . import stages
+
+    annotations = ReconstructSettings.__annotations__
+    for name in [n for n in annotations if n.startswith("stage_")]:
+        del annotations[name]
+    for stage in stages.STAGES:
+        if stage.toggle:
+            annotations[toggle_property(stage)] = BoolProperty(
+                name=stage.label, default=True, description=stage.description[:1].upper() + stage.description[1:])
+
+
+def toggle_property(stage) -> str:
+    return f"stage_{stage.toggle}"
+
+
+def toggled(settings) -> list:
+    """The declared stages whose switch is on."""
+    from . import stages
+
+    return [s for s in stages.STAGES if s.toggle and getattr(settings, toggle_property(s), False)]
 
 
 def register() -> None:

@@ -60,11 +60,12 @@ STAGES: tuple[Stage, ...] = (
           description="depth maps fused into a dense colored point cloud"),
     Stage("mesh", "Mesh", "fusion", "dense", ("mesh_depth", "face_budget", "roi"), "mesh", "folder",
           "backend.meshing:mesh_stage", 0.07, part="mesh", toggle="mesh",
-          description="a Poisson mesh with vertex colors, trimmed and simplified"),
+          description="an editable mesh with vertex colors (Poisson), trimmed and simplified"),
     Stage("splats", "Gaussian Splats", "undistort", "splats",
           ("steps", "max_image_size", "sh_degree", "strategy", "max_splats", "holdout_every", "seed"),
           "splats", "partial", "backend.splat_train:splats_stage", 0.30, part="splats", toggle="splats",
-          description="3D Gaussian splats trained on the photos"),
+          description="3D Gaussian splats trained on the photos: photoreal, view-dependent colour; fast on a "
+                      "CUDA GPU, minutes to hours on the CPU"),
 )
 STAGE = {stage.name: stage for stage in STAGES}
 NAMES = tuple(STAGE)

@@ -117,7 +117,7 @@ def test_the_sidebar_sends_the_chosen_stages_and_region(tmp_path):
         assert jobs.requested_stages(settings) == ["undistort", "fusion", "splats"]
         settings.stage_dense = settings.stage_splats = False
         assert jobs.requested_stages(settings) == ["undistort"]
-        assert jobs.dense_options(settings, "gpu") == {"device": "cuda"}
+        assert jobs.dense_options(settings, "cuda") == {"device": "cuda"}
         bpy.ops.mesh.primitive_cube_add(size=1.0, location=(0.5, 0, 0))
         settings.roi_object = bpy.context.object
         options = jobs.dense_options(settings, "cpu")

@@ -136,3 +136,25 @@ def test_an_option_reruns_exactly_the_stages_that_declare_it(tmp_path):
     assert run(max_num_features=500) == ["features"]  # an option features declares
     blob_photo(3, (240, 180)).save(photos / "p3.jpg", quality=95)
     assert run(max_num_features=500) == ["features"]  # a photo was added
+
+
+def test_the_sidebar_switches_come_from_the_declarations(with_example_stage, tmp_path):
+    """The same throwaway stage gets its switch in the sidebar, and the job request asks for it."""
+    bpy = pytest.importorskip("bpy")
+    import sys
+
+    from addon_helpers import disable_addon, fresh_blender_with_addon
+
+    jobs = fresh_blender_with_addon(sys.executable, str(tmp_path / "workspaces"))
+    try:
+        settings = bpy.context.scene.reconstruct
+        toggles = {name for name in settings.bl_rna.properties.keys() if name.startswith("stage_")}
+        assert toggles == {"stage_dense", "stage_mesh", "stage_splats", "stage_thumbnails"}
+        assert settings.bl_rna.properties["stage_thumbnails"].name == "Thumbnails"
+        settings.stage_dense = settings.stage_mesh = settings.stage_splats = False
+        assert jobs.requested_stages(settings) == ["undistort", "thumbnails"]
+        settings.stage_thumbnails = False
+        settings.stage_mesh = True
+        assert jobs.requested_stages(settings) == ["undistort", "mesh"]
+    finally:
+        disable_addon()
