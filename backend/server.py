@@ -29,8 +29,6 @@ from backend.errors import Cancelled, ReconstructError
 
 MAX_PENDING_RENDERS = 8
 """Render requests queued at once (each waits in its own thread); more are answered busy."""
-MAX_COORDINATE = 1e9
-"""Largest matrix_world entry a render accepts: the renderer works in float32."""
 
 
 class Server:
@@ -319,16 +317,33 @@ def _number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
+def _finite_rows(value, rows: int, cols: int | None, limit: float) -> list | None:
+    """`value` as `rows` lists of `cols` finite numbers of at most `limit` in size
+    (cols None: a flat list of `rows` numbers), from lists or a numpy array; None if it is not."""
+    import numpy as np
+
+    if isinstance(value, np.ndarray):
+        value = value.tolist() if value.dtype.kind in "iuf" else None
+
+    def all_numbers(row, n) -> bool:
+        return (isinstance(row, list) and len(row) == n
+                and all(_number(v) and math.isfinite(v) and abs(v) <= limit for v in row))
+
+    if cols is None:
+        return value if all_numbers(value, rows) else None
+    if isinstance(value, list) and len(value) == rows and all(all_numbers(row, cols) for row in value):
+        return value
+    return None
+
+
 def _check_render(msg: dict) -> dict:
     """A render request's fields, checked before anything is allocated."""
     import numpy as np
 
-    from blender_addon.camera_math import blender_matrix_to_colmap
-
     def bad(message: str) -> ReconstructError:
         return ReconstructError(ErrorCode.BAD_REQUEST, message,
-                                "A render request is {id, workspace, camera: {matrix_world (4x4), width, height, "
-                                "fx, fy, cx, cy (pixels)}}.")
+                                "A render request is {id, workspace, camera: {R (3x3), t (3): COLMAP's "
+                                "world-to-camera pose; width, height, fx, fy, cx, cy (pixels)}}.")
 
     workspace = _folder(msg, "workspace", "render")
     if not os.path.isabs(os.path.expanduser(workspace)):
@@ -337,22 +352,22 @@ def _check_render(msg: dict) -> dict:
     cam = msg.get("camera")
     if not isinstance(cam, dict):
         raise bad(f"A render request needs 'camera', a map; got {_kind(cam)}.")
-    matrix = cam.get("matrix_world")
-    if isinstance(matrix, np.ndarray):
-        matrix = matrix.tolist() if matrix.shape == (4, 4) else None
-    if not (isinstance(matrix, list) and len(matrix) == 4
-            and all(isinstance(row, list) and len(row) == 4
-                    and all(_number(v) and math.isfinite(v) and abs(v) <= MAX_COORDINATE for v in row)
-                    for row in matrix)):
-        raise bad(f"camera 'matrix_world' must be 4 rows of 4 finite numbers (at most {MAX_COORDINATE:g} in size); "
-                  f"got {_kind(matrix)}.")
-    M = np.asarray(matrix, np.float64)
-    if np.linalg.svd(M[:3, :3], compute_uv=False).min() <= 1e-12 * max(1.0, np.abs(M[:3, :3]).max()):
-        raise bad("camera 'matrix_world' has a zero scale: its 3x3 part is singular, no camera pose.")
-    try:
-        R, t = blender_matrix_to_colmap(M)
-    except ValueError as exc:
-        raise bad(f"camera 'matrix_world': {exc}.") from None
+    rows = _finite_rows(cam.get("R"), 3, 3, 1.0 + protocol.MAX_ROTATION_ERROR)
+    if rows is None:
+        raise bad(f"camera 'R' must be 3 rows of 3 finite numbers (a rotation, each at most 1 in size); "
+                  f"got {_kind(cam.get('R'))}.")
+    R = np.asarray(rows, np.float64)
+    error = float(np.abs(R @ R.T - np.eye(3)).max())
+    if error > protocol.MAX_ROTATION_ERROR:
+        raise bad(f"camera 'R' is not a rotation: R @ R.T differs from the identity by {error:.3g} (the limit is "
+                  f"{protocol.MAX_ROTATION_ERROR:g}).")
+    if np.linalg.det(R) < 0:
+        raise bad("camera 'R' is a reflection (its determinant is -1), not a rotation: the camera is mirrored.")
+    limit = protocol.MAX_RENDER_COORDINATE
+    t = _finite_rows(cam.get("t"), 3, None, limit)
+    if t is None:
+        raise bad(f"camera 't' must be 3 finite numbers (at most {limit:g} in size); got {_kind(cam.get('t'))}.")
+    t = np.asarray(t, np.float64)
     side = protocol.MAX_RENDER_SIDE
     for key in ("width", "height"):
         value = cam.get(key)
@@ -397,14 +412,10 @@ class _ProtocolEvents:
 
 def serve(max_frame_bytes: int = protocol.DEFAULT_MAX_REQUEST_BYTES) -> int:
     """Serve requests of at most `max_frame_bytes` each (the add-on's are a few kB)."""
-    from backend.worker import die_with_parent
+    from backend.worker import die_with_parent, take_over_stdout
 
     die_with_parent()
-    # Frames own the real stdout; a stray print from any library goes to stderr.
-    out = os.fdopen(os.dup(1), "wb", buffering=0)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    server = Server(out, max_frame_bytes)
+    server = Server(take_over_stdout(), max_frame_bytes)
     reader = protocol.FrameReader(sys.stdin.buffer, max_frame_bytes, max_items=protocol.DEFAULT_MAX_REQUEST_ITEMS,
                                   resync=True)
     try:

@@ -32,6 +32,8 @@ import math
 
 import torch
 
+from blender_addon.splat_ply import SH_C0
+
 TILE = 4
 EPS2D = 0.3
 ALPHA_MIN = 1.0 / 255.0
@@ -40,7 +42,6 @@ T_MIN = 1e-4
 MAX_EXTEND = 3.33
 CHUNK_PIXELS = 1 << 22  # pair-pixel evaluations per chunk (~50 bytes each while computed, 8 kept for backward)
 
-_SH_C0 = 0.28209479177387814
 _SH_C1 = 0.4886025119029199
 _SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
           0.5462742152960396)
@@ -52,7 +53,7 @@ def sh_basis(degree: int, dirs: torch.Tensor) -> torch.Tensor:
     """[..., (degree + 1)^2] real spherical-harmonic basis at unit `dirs` [..., 3]
     (the 3DGS / gsplat ordering and signs)."""
     x, y, z = dirs.unbind(-1)
-    out = [torch.full_like(x, _SH_C0)]
+    out = [torch.full_like(x, SH_C0)]
     if degree >= 1:
         out += [-_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x]
     if degree >= 2:

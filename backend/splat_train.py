@@ -20,13 +20,15 @@ the result: PSNR and SSIM over the whole image, splats over the background.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, ClassVar
 
 import numpy as np
 
@@ -120,7 +122,11 @@ def scene_scale(frames: list[Frame]) -> float:
     return float(np.linalg.norm(centres - centres.mean(0), axis=1).max() * 1.1) or 1.0
 
 
-def init_params(points: np.ndarray, colors: np.ndarray, opts: SplatOptions, device, generator) -> dict:
+def init_params(points: np.ndarray, colors: np.ndarray, opts: SplatOptions, device, generator,
+                scale_factor: float = 1.0, opacity: float = 0.1) -> dict:
+    """Splats at the sparse points (at most opts.max_splats of them): the
+    neighbour spacing times `scale_factor` as scale, `opacity`, the point's
+    colour; the strategy's densifier says which factor and opacity."""
     import torch
     from scipy.spatial import cKDTree
 
@@ -135,9 +141,7 @@ def init_params(points: np.ndarray, colors: np.ndarray, opts: SplatOptions, devi
         points, colors = points[keep], colors[keep]
     dist, _ = cKDTree(points).query(points, k=4)
     spacing = np.sqrt((dist[:, 1:] ** 2).mean(1)).clip(min=1e-7)
-    mcmc = opts.strategy == "mcmc"
-    # MCMC starts with smaller, more opaque splats (gsplat's init_scale 0.1, init_opa 0.5).
-    log_scale = np.log(spacing * (0.1 if mcmc else 1.0))
+    log_scale = np.log(spacing * scale_factor)
     n = len(points)
     k = (opts.sh_degree + 1) ** 2 - 1
     f = lambda a: torch.as_tensor(np.asarray(a, np.float32), device=device)  # noqa: E731
@@ -145,7 +149,7 @@ def init_params(points: np.ndarray, colors: np.ndarray, opts: SplatOptions, devi
         "means": f(points.copy()),
         "scales": f(np.repeat(log_scale[:, None], 3, 1)),
         "quats": torch.rand((n, 4), generator=generator).to(device),
-        "opacities": torch.full((n,), math.log(0.5 / 0.5) if mcmc else math.log(0.1 / 0.9), device=device),
+        "opacities": torch.full((n,), math.log(opacity / (1 - opacity)), device=device),
         "sh0": f((colors / 255.0 - 0.5) / SH_C0)[:, None, :],
         "shN": torch.zeros((n, k, 3), device=device),
     }
@@ -165,12 +169,14 @@ def learning_rates(steps: int) -> dict:
     return {name: lr * boost ** BOOST_POWER.get(name, 0.0) for name, lr in LEARNING_RATES.items()}
 
 
-def make_optimizers(params: dict, scale: float, rates: dict) -> dict:
+def _adam(name: str, param, lr: float):
     import torch
 
-    return {name: torch.optim.Adam([{"params": p, "lr": rates[name] * (scale if name == "means" else 1),
-                                     "name": name}], eps=1e-15)
-            for name, p in params.items()}
+    return torch.optim.Adam([{"params": param, "lr": lr, "name": name}], eps=1e-15)
+
+
+def make_optimizers(params: dict, scale: float, rates: dict) -> dict:
+    return {name: _adam(name, p, rates[name] * (scale if name == "means" else 1)) for name, p in params.items()}
 
 
 @dataclass
@@ -195,45 +201,231 @@ class Schedule:
         return min(max_degree, step // self.sh_interval)
 
 
-def make_strategy(opts: SplatOptions, schedule: Schedule, device):
+class Densifier:
+    """How splats are added and removed: one adapter over each of gsplat's
+    strategies, so the training loop calls the same five methods whichever
+    was chosen. This base class is the interface and its do-nothing parts."""
+
+    init_scale = 1.0  # the starting splats' scale, times the spacing of the sparse points
+    init_opacity = 0.1
+
+    def __init__(self, strategy, scale: float):
+        self.strategy, self.scale = strategy, scale
+
+    def initial_state(self) -> dict:
+        """The strategy's running state (tensors and plain data: it goes into checkpoints)."""
+        return self.strategy.initialize_state()
+
+    def check(self, params: dict, optimizers: dict) -> None:
+        self.strategy.check_sanity(params, optimizers)
+
+    def before_backward(self, params: dict, optimizers: dict, state: dict, step: int, info: dict) -> None:
+        pass
+
+    def extra_loss(self, params: dict):
+        """What the strategy adds to the photometric loss."""
+        return 0.0
+
+    def after_backward(self, params: dict, optimizers: dict, state: dict, step: int, info: dict,
+                       means_lr: float) -> None:
+        raise NotImplementedError
+
+
+class DefaultDensifier(Densifier):
+    """gsplat's DefaultStrategy (split, clone and prune by screen-space
+    gradient, as in the 3DGS paper); it stops growing at `max_splats`."""
+
+    def __init__(self, strategy, scale: float, max_splats: int):
+        super().__init__(strategy, scale)
+        self.max_splats = max_splats
+
+    def initial_state(self) -> dict:
+        return self.strategy.initialize_state(scene_scale=self.scale)
+
+    def before_backward(self, params, optimizers, state, step, info):
+        self.strategy.step_pre_backward(params, optimizers, state, step, info)
+
+    def after_backward(self, params, optimizers, state, step, info, means_lr):
+        self.strategy.step_post_backward(params, optimizers, state, step, info)
+        if len(params["means"]) >= self.max_splats:  # the budget is reached: stop growing
+            self.strategy.refine_stop_iter = min(self.strategy.refine_stop_iter, step + 1)
+
+
+class MCMCDensifier(Densifier):
+    """gsplat's MCMCStrategy (a fixed budget, relocated from dead splats to
+    busy ones, Kheradmand et al. 2024), with the opacity and scale
+    regularisation it expects; off CUDA its two kernels are swapped for torch
+    versions while its step runs (_cpu_mcmc_ops)."""
+
+    # gsplat's init_scale 0.1, init_opa 0.5: smaller, more opaque splats.
+    init_scale = 0.1
+    init_opacity = 0.5
+
+    def __init__(self, strategy, scale: float, on_cuda: bool):
+        super().__init__(strategy, scale)
+        self.ops = contextlib.nullcontext if on_cuda else _cpu_mcmc_ops
+
+    def extra_loss(self, params):
+        import torch
+
+        return MCMC_REG * torch.sigmoid(params["opacities"]).mean() + MCMC_REG * torch.exp(params["scales"]).mean()
+
+    def after_backward(self, params, optimizers, state, step, info, means_lr):
+        with self.ops():
+            self.strategy.step_post_backward(params, optimizers, state, step, info, lr=means_lr)
+
+
+def make_densifier(opts: SplatOptions, schedule: Schedule, scale: float, device) -> Densifier:
+    """opts.strategy's densifier, its schedule scaled to the run."""
     from gsplat.strategy import DefaultStrategy, MCMCStrategy
 
     if opts.strategy == "mcmc":
-        if device.type != "cuda":
-            _cpu_mcmc_ops()
-        return MCMCStrategy(cap_max=opts.max_splats, refine_start_iter=schedule.refine_start,
-                            refine_stop_iter=schedule.steps * 25 // 30, refine_every=schedule.refine_every)
-    return DefaultStrategy(refine_start_iter=schedule.refine_start, refine_stop_iter=schedule.steps // 2,
-                           refine_every=schedule.refine_every,
-                           reset_every=max(schedule.refine_start + schedule.refine_every, schedule.steps // 10))
+        return MCMCDensifier(MCMCStrategy(cap_max=opts.max_splats, refine_start_iter=schedule.refine_start,
+                                          refine_stop_iter=schedule.steps * 25 // 30,
+                                          refine_every=schedule.refine_every),
+                             scale, on_cuda=device.type == "cuda")
+    return DefaultDensifier(DefaultStrategy(refine_start_iter=schedule.refine_start,
+                                            refine_stop_iter=schedule.steps // 2, refine_every=schedule.refine_every,
+                                            reset_every=max(schedule.refine_start + schedule.refine_every,
+                                                            schedule.steps // 10)),
+                            scale, opts.max_splats)
 
 
-def _cpu_mcmc_ops() -> None:
-    """gsplat's MCMC strategy calls two CUDA kernels: the relocation formula
-    (eq. 9 of Kheradmand et al. 2024) and the covariance of each splat (for
-    the position noise). On the CPU it gets torch versions of the same maths."""
+_OPS_LOCK = threading.RLock()
+
+
+@contextlib.contextmanager
+def _cpu_mcmc_ops():
+    """gsplat's MCMC strategy calls two CUDA kernels through
+    gsplat.strategy.ops: the relocation formula (eq. 9 of Kheradmand et al.
+    2024) and the covariance of each splat (for the position noise). gsplat
+    takes no replacement for them, so inside this block that module's two
+    names are torch versions of the same maths (_cpu_compute_relocation,
+    _cpu_quat_scale_to_covar_preci); gsplat's own are back after it. The lock
+    keeps two threads from restoring each other's patch."""
     import gsplat.strategy.ops as ops
-    import torch
 
+    with _OPS_LOCK:
+        saved = ops.compute_relocation, ops.quat_scale_to_covar_preci
+        ops.compute_relocation, ops.quat_scale_to_covar_preci = _cpu_compute_relocation, _cpu_quat_scale_to_covar_preci
+        try:
+            yield
+        finally:
+            ops.compute_relocation, ops.quat_scale_to_covar_preci = saved
+
+
+def _cpu_quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False, triu=False):
     from backend.splat_raster import quat_to_rotmat
 
-    def quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False, triu=False):
-        m = quat_to_rotmat(quats) * scales[:, None, :]
-        return m @ m.transpose(1, 2), None
+    m = quat_to_rotmat(quats) * scales[:, None, :]
+    return m @ m.transpose(1, 2), None
 
-    def compute_relocation(opacities, scales, ratios, binoms):
-        n_max = binoms.shape[0]
-        ratios = ratios.clamp(1, n_max).int()
-        new_opacities = 1.0 - torch.pow(1.0 - opacities, 1.0 / ratios)
-        denom = torch.zeros_like(opacities)
-        for i in range(1, int(ratios.max()) + 1):
-            for k in range(i):
-                term = binoms[i - 1, k] * (-1.0) ** k / math.sqrt(k + 1) * new_opacities ** (k + 1)
-                denom = denom + torch.where(ratios >= i, term, torch.zeros_like(term))
-        return new_opacities, (opacities / denom)[:, None] * scales
 
-    ops.compute_relocation = compute_relocation
-    ops.quat_scale_to_covar_preci = quat_scale_to_covar_preci
+def _cpu_compute_relocation(opacities, scales, ratios, binoms):
+    import torch
+
+    n_max = binoms.shape[0]
+    ratios = ratios.clamp(1, n_max).int()
+    new_opacities = 1.0 - torch.pow(1.0 - opacities, 1.0 / ratios)
+    denom = torch.zeros_like(opacities)
+    for i in range(1, int(ratios.max()) + 1):
+        for k in range(i):
+            term = binoms[i - 1, k] * (-1.0) ** k / math.sqrt(k + 1) * new_opacities ** (k + 1)
+            denom = denom + torch.where(ratios >= i, term, torch.zeros_like(term))
+    return new_opacities, (opacities / denom)[:, None] * scales
+
+
+@dataclass
+class TrainingState:
+    """Everything a run needs to go on from where it stopped: what
+    checkpoint.pt holds, one key per field. Only tensors and plain data
+    (optimizers' and strategies' state dicts), so it loads with
+    torch.load(weights_only=True)."""
+
+    params: dict  # name -> torch.nn.Parameter
+    optimizers: dict  # name -> torch.optim.Adam over params[name]
+    background: "torch.nn.Parameter"  # [3] RGB
+    bg_optimizer: "torch.optim.Adam"
+    strategy: dict  # the densifier's state
+    step: int = -1  # the last step trained (-1: none yet)
+    seconds: float = 0.0  # spent training before this run
+
+    KEYS: ClassVar[frozenset[str]]
+
+    @classmethod
+    def start(cls, params: dict, optimizers: dict, strategy: dict, device) -> "TrainingState":
+        import torch
+
+        background = torch.nn.Parameter(torch.full((3,), 0.5, device=device))
+        return cls(params, optimizers, background, torch.optim.Adam([background], lr=BACKGROUND_LR), strategy)
+
+    def save(self, path: Path) -> None:
+        """Written beside `path` and renamed over it: a crash leaves the last checkpoint whole."""
+        import torch
+
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"step": self.step, "params": {k: v.detach() for k, v in self.params.items()},
+                    "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                    "background": self.background.detach(), "bg_optimizer": self.bg_optimizer.state_dict(),
+                    "strategy": self.strategy, "seconds": self.seconds}, tmp)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path, device) -> "TrainingState":
+        """The state saved at `path`; raises if it is not one. The optimizers
+        take their learning rates and settings from the saved state dicts."""
+        import torch
+
+        saved = torch.load(path, map_location=device, weights_only=True)
+        if not (isinstance(saved, dict) and cls.KEYS <= saved.keys()):
+            raise ValueError("not a splat training checkpoint")
+        params = {k: torch.nn.Parameter(v) for k, v in saved["params"].items()}
+        optimizers = {name: _adam(name, p, 0.0) for name, p in params.items()}
+        for name, opt in optimizers.items():
+            opt.load_state_dict(saved["optimizers"][name])
+        background = torch.nn.Parameter(saved["background"])
+        bg_optimizer = torch.optim.Adam([background], lr=BACKGROUND_LR)
+        bg_optimizer.load_state_dict(saved["bg_optimizer"])
+        return cls(params, optimizers, background, bg_optimizer, saved["strategy"], int(saved["step"]),
+                   float(saved["seconds"]))
+
+
+TrainingState.KEYS = frozenset(f.name for f in fields(TrainingState))
+
+
+def load_checkpoint(path: Path, device, warn: Callable[[str, str], None]) -> TrainingState | None:
+    """The training state saved at `path`, or None to start over. Loaded with
+    weights_only=True: tensors and plain data only, never pickled objects, so
+    a checkpoint planted in a shared workspace runs nothing. One that does not
+    load (truncated, foreign, or from another version) is set aside with a
+    warning, and training starts from the beginning."""
+    if not path.exists():
+        return None
+    try:
+        return TrainingState.load(path, device)
+    except Exception as exc:  # torch raises many types for a bad file; every one means "start over"
+        aside = path.with_name(path.name + ".unreadable")
+        os.replace(path, aside)
+        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
+        warn("checkpoint_unreadable", f"The splat training checkpoint {path} could not be loaded ({reason}); it "
+             f"was set aside as {aside.name} and training starts from the beginning.")
+        return None
+
+
+@dataclass
+class _Run:
+    """What a training run works from: the options, the photos and their
+    split, the scene's scale and the schedules."""
+
+    opts: SplatOptions
+    device: "torch.device"
+    frames: list[Frame]
+    train: list[int]
+    test: list[int]
+    scale: float
+    schedule: Schedule
+    rates: dict
+    densifier: Densifier
 
 
 def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress: Progress,
@@ -244,8 +436,6 @@ def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress:
     import torch
 
     from backend.mvs import choose_device, memory_peak
-    from backend.splat_render import render_params
-    from blender_addon.splat_ply import Splats, write_splats
 
     device = choose_device(opts.device, "splats")
     torch.manual_seed(opts.seed)
@@ -254,102 +444,122 @@ def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress:
     train, test = split_views([f.name for f in frames], opts.holdout_every)
     scale = scene_scale(frames)
     schedule = Schedule(opts.steps)
-    rates = learning_rates(opts.steps)
-    strategy = make_strategy(opts, schedule, device)
+    densifier = make_densifier(opts, schedule, scale, device)
+    run = _Run(opts, device, frames, train, test, scale, schedule, learning_rates(opts.steps), densifier)
     checkpoint = out_dir / CHECKPOINT
     state = load_checkpoint(checkpoint, device, warn)
-    if state is not None:
-        params = {k: torch.nn.Parameter(v) for k, v in state["params"].items()}
-        optimizers = make_optimizers(params, scale, rates)
-        for name, opt in optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
-        background = torch.nn.Parameter(state["background"])
-        bg_optimizer = torch.optim.Adam([background], lr=BACKGROUND_LR)
-        bg_optimizer.load_state_dict(state["bg_optimizer"])
-        strategy_state, start, spent = state["strategy"], state["step"] + 1, state["seconds"]
-    else:
-        params = init_params(points, colors, opts, device, torch.Generator().manual_seed(opts.seed))
-        optimizers = make_optimizers(params, scale, rates)
-        background = torch.nn.Parameter(torch.full((3,), 0.5, device=device))
-        bg_optimizer = torch.optim.Adam([background], lr=BACKGROUND_LR)
-        strategy_state = (strategy.initialize_state(scene_scale=scale) if opts.strategy == "default"
-                          else strategy.initialize_state())
-        start, spent = 0, 0.0
-    resumed_from = start - 1 if start else None
-    strategy.check_sanity(params, optimizers)
+    if state is None:
+        params = init_params(points, colors, opts, device, torch.Generator().manual_seed(opts.seed),
+                             densifier.init_scale, densifier.init_opacity)
+        state = TrainingState.start(params, make_optimizers(params, scale, run.rates), densifier.initial_state(),
+                                    device)
+    start = state.step + 1
+    resumed_from = state.step if start else None
+    densifier.check(state.params, state.optimizers)
 
     began = time.perf_counter()
+    first_step_seconds = _train(run, state, checkpoint, progress)
+    progress(0.98, "scoring held-out photos")
+    scores = _score(run, state)
+    num_splats = _export(state, out_dir / "splats.ply")
+    steps_run = opts.steps - start
+    result = {
+        "num_splats": num_splats, "steps": opts.steps, "image_size": list(frames[train[0]].size),
+        "sh_degree": opts.sh_degree, "strategy": opts.strategy, "held_out": [frames[i].name for i in test],
+        "psnr": float(np.mean([s["psnr"] for s in scores.values()])) if scores else None,
+        "ssim": float(np.mean([s["ssim"] for s in scores.values()])) if scores else None,
+        "per_view": scores, "train_seconds": round(state.seconds, 2),
+        "steps_per_second": round(steps_run / max(1e-9, time.perf_counter() - began), 2) if steps_run else None,
+        "first_step_seconds": first_step_seconds, "device": str(device),
+        "background": state.background.detach().clamp(0, 1).cpu().tolist(), "resumed_from_step": resumed_from,
+        **memory_peak(device)}
+    (out_dir / "splats.json").write_text(json.dumps(result, indent=2))
+    checkpoint.unlink(missing_ok=True)
+    progress(1.0, f"{num_splats} splats" + (f", held-out PSNR {result['psnr']:.2f} dB" if scores else ""))
+    return result
+
+
+def _train(run: _Run, state: TrainingState, checkpoint: Path, progress: Progress) -> float | None:
+    """The steps from state.step + 1 to the end, a checkpoint every
+    opts.checkpoint_seconds; state.seconds ends as the total training time.
+    Returns the first step's seconds (None if none ran)."""
+    opts = run.opts
+    began = time.perf_counter()
     last_report = last_save = began
+    spent, start = state.seconds, state.step + 1
     first_step_seconds = None
-    loss_value = float("nan")
     for step in range(start, opts.steps):
         step_began = time.perf_counter()
-        torch.manual_seed(opts.seed * 1_000_003 + step)  # a resumed run draws what the first would have
-        frame = frames[_view_for_step(train, step, opts.seed)]
-        means_lr = rates["means"] * scale * 0.01 ** (step / opts.steps)
-        optimizers["means"].param_groups[0]["lr"] = means_lr
-        width, height = frame.size
-        rgb, alpha, info = render_params(params, frame.viewmat, frame.K, width, height,
-                                         schedule.sh_degree(step, opts.sh_degree), device)
-        image = rgb + (1 - alpha) * background
-        if opts.strategy == "default":
-            strategy.step_pre_backward(params, optimizers, strategy_state, step, info)
-        loss = (1 - SSIM_LAMBDA) * (image - frame.image).abs().mean() + \
-            SSIM_LAMBDA * (1 - ssim(image, frame.image))
-        if opts.strategy == "mcmc":
-            loss = loss + MCMC_REG * torch.sigmoid(params["opacities"]).mean() + \
-                MCMC_REG * torch.exp(params["scales"]).mean()
-        loss.backward()
-        for opt in (*optimizers.values(), bg_optimizer):
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-        if opts.strategy == "default":
-            strategy.step_post_backward(params, optimizers, strategy_state, step, info)
-            if len(params["means"]) >= opts.max_splats:  # the budget is reached: stop growing
-                strategy.refine_stop_iter = min(strategy.refine_stop_iter, step + 1)
-        else:
-            strategy.step_post_backward(params, optimizers, strategy_state, step, info, lr=means_lr)
-        loss_value = loss.item()
+        loss = _step(run, state, step)
         now = time.perf_counter()
         if first_step_seconds is None:
             first_step_seconds = now - step_began  # on CUDA this includes compiling gsplat's kernels
         if now - last_save >= opts.checkpoint_seconds and step + 1 < opts.steps:
-            _save_checkpoint(checkpoint, step, params, optimizers, background, bg_optimizer, strategy_state,
-                             spent + now - began)
+            state.seconds = spent + now - began
+            state.save(checkpoint)
             last_save = time.perf_counter()
         if now - last_report >= 0.5 or step + 1 == opts.steps:
             rate = (step + 1 - start) / (now - began)
-            progress(0.98 * (step + 1) / opts.steps, f"step {step + 1}/{opts.steps}: {len(params['means'])} splats, "
-                     f"{rate:.1f} steps/s, loss {loss_value:.4f}, {_time_left((opts.steps - step - 1) / rate)}")
+            progress(0.98 * (step + 1) / opts.steps, f"step {step + 1}/{opts.steps}: "
+                     f"{len(state.params['means'])} splats, {rate:.1f} steps/s, loss {loss:.4f}, "
+                     f"{_time_left((opts.steps - step - 1) / rate)}")
             last_report = now
-    seconds = spent + time.perf_counter() - began
+    state.seconds = spent + time.perf_counter() - began
+    return first_step_seconds
 
-    progress(0.98, "scoring held-out photos")
+
+def _step(run: _Run, state: TrainingState, step: int) -> float:
+    """One training step on one photo; returns its loss."""
+    import torch
+
+    from backend.splat_render import render_params
+
+    opts, params, optimizers = run.opts, state.params, state.optimizers
+    torch.manual_seed(opts.seed * 1_000_003 + step)  # a resumed run draws what the first would have
+    frame = run.frames[_view_for_step(run.train, step, opts.seed)]
+    means_lr = run.rates["means"] * run.scale * 0.01 ** (step / opts.steps)
+    optimizers["means"].param_groups[0]["lr"] = means_lr
+    width, height = frame.size
+    rgb, alpha, info = render_params(params, frame.viewmat, frame.K, width, height,
+                                     run.schedule.sh_degree(step, opts.sh_degree), run.device)
+    image = rgb + (1 - alpha) * state.background
+    run.densifier.before_backward(params, optimizers, state.strategy, step, info)
+    loss = (1 - SSIM_LAMBDA) * (image - frame.image).abs().mean() + SSIM_LAMBDA * (1 - ssim(image, frame.image))
+    loss = loss + run.densifier.extra_loss(params)
+    loss.backward()
+    for opt in (*optimizers.values(), state.bg_optimizer):
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    run.densifier.after_backward(params, optimizers, state.strategy, step, info, means_lr)
+    state.step = step
+    return loss.item()
+
+
+def _score(run: _Run, state: TrainingState) -> dict:
+    """PSNR and SSIM of each held-out photo, the splats over the background."""
+    import torch
+
+    from backend.splat_render import render_params
+
     scores = {}
     with torch.no_grad():
-        for i in test:
-            frame = frames[i]
-            rgb, alpha, _ = render_params(params, frame.viewmat, frame.K, *frame.size, opts.sh_degree, device)
-            image = (rgb + (1 - alpha) * background).clamp(0, 1)
+        for i in run.test:
+            frame = run.frames[i]
+            rgb, alpha, _ = render_params(state.params, frame.viewmat, frame.K, *frame.size, run.opts.sh_degree,
+                                          run.device)
+            image = (rgb + (1 - alpha) * state.background).clamp(0, 1)
             scores[frame.name] = {"psnr": psnr(image, frame.image), "ssim": float(ssim(image, frame.image))}
-    p = {k: v.detach().cpu().numpy() for k, v in params.items()}
+    return scores
+
+
+def _export(state: TrainingState, path: Path) -> int:
+    """The splats to the standard PLY at `path`; returns how many."""
+    from blender_addon.splat_ply import Splats, write_splats
+
+    p = {k: v.detach().cpu().numpy() for k, v in state.params.items()}
     splats = Splats(p["means"], p["scales"], p["quats"], p["opacities"], p["sh0"][:, 0, :], p["shN"])
-    write_splats(out_dir / "splats.ply", splats)
-    steps_run = opts.steps - start
-    result = {
-        "num_splats": len(splats), "steps": opts.steps, "image_size": list(frames[train[0]].size),
-        "sh_degree": opts.sh_degree, "strategy": opts.strategy, "held_out": [frames[i].name for i in test],
-        "psnr": float(np.mean([s["psnr"] for s in scores.values()])) if scores else None,
-        "ssim": float(np.mean([s["ssim"] for s in scores.values()])) if scores else None,
-        "per_view": scores, "train_seconds": round(seconds, 2),
-        "steps_per_second": round(steps_run / max(1e-9, time.perf_counter() - began), 2) if steps_run else None,
-        "first_step_seconds": first_step_seconds, "device": str(device),
-        "background": background.detach().clamp(0, 1).cpu().tolist(), "resumed_from_step": resumed_from,
-        **memory_peak(device)}
-    (out_dir / "splats.json").write_text(json.dumps(result, indent=2))
-    checkpoint.unlink(missing_ok=True)
-    progress(1.0, f"{len(splats)} splats" + (f", held-out PSNR {result['psnr']:.2f} dB" if scores else ""))
-    return result
+    write_splats(path, splats)
+    return len(splats)
 
 
 def _time_left(seconds: float) -> str:
@@ -363,44 +573,6 @@ def _view_for_step(train: list[int], step: int, seed: int) -> int:
     epoch, k = divmod(step, len(train))
     order = np.random.default_rng((seed, epoch)).permutation(len(train))
     return train[order[k]]
-
-
-def load_checkpoint(path: Path, device, warn: Callable[[str, str], None]) -> dict | None:
-    """The training state saved at `path`, or None to start over. Loaded with
-    weights_only=True: tensors and plain data only, never pickled objects, so
-    a checkpoint planted in a shared workspace runs nothing. One that does not
-    load (truncated, foreign, or from another version) is set aside with a
-    warning, and training starts from the beginning."""
-    import torch
-
-    if not path.exists():
-        return None
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-        if not (isinstance(state, dict) and _CHECKPOINT_KEYS <= state.keys()):
-            raise ValueError("not a splat training checkpoint")
-        return state
-    except Exception as exc:  # torch raises many types for a bad file; every one means "start over"
-        aside = path.with_name(path.name + ".unreadable")
-        os.replace(path, aside)
-        reason = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
-        warn("checkpoint_unreadable", f"The splat training checkpoint {path} could not be loaded ({reason}); it "
-             f"was set aside as {aside.name} and training starts from the beginning.")
-        return None
-
-
-_CHECKPOINT_KEYS = {"step", "params", "optimizers", "background", "bg_optimizer", "strategy", "seconds"}
-
-
-def _save_checkpoint(path: Path, step, params, optimizers, background, bg_optimizer, strategy_state, seconds):
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"step": step, "params": {k: v.detach() for k, v in params.items()},
-                "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                "background": background.detach(), "bg_optimizer": bg_optimizer.state_dict(),
-                "strategy": strategy_state, "seconds": seconds}, tmp)
-    os.replace(tmp, path)
 
 
 def splats_stage(ctx: "StageContext") -> dict:

@@ -19,6 +19,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
+from typing import BinaryIO
 
 from blender_addon import protocol
 from backend.errors import ErrorCode, ReconstructError, file_error
@@ -42,6 +43,16 @@ def die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watchdog").start()
 
 
+def take_over_stdout() -> BinaryIO:
+    """Give this process's frames the real stdout and send everything else
+    printed to it (by us or any library, Python or C) to stderr, the log.
+    Returns the stream the frames are written to."""
+    out = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return out
+
+
 def _call(request: dict, send) -> dict:
     """Run the stage a call names: the function its declaration names, given a
     StageContext (blender_addon/stages.py; no list of stages here)."""
@@ -55,10 +66,7 @@ def _call(request: dict, send) -> dict:
 
 def main() -> int:
     die_with_parent()
-    # Frames go to the original stdout; anything a library prints goes to stderr (the log).
-    out = os.fdopen(os.dup(1), "wb", buffering=0)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
+    out = take_over_stdout()
     lock = threading.Lock()
 
     def send(msg: dict) -> None:
@@ -70,10 +78,15 @@ def main() -> int:
         request = protocol.read_frame(stdin)
         if request is None or request["type"] == protocol.SHUTDOWN:
             return 0
+        if request["type"] != protocol.CALL:
+            send(protocol.message(protocol.ERROR, code=ErrorCode.INTERNAL,
+                                  message=f"The stage worker got a {request['type'][:100]!r} message; it only "
+                                          f"runs {protocol.CALL!r}.", hint="Please report this.", details={}))
+            continue
         stage = request.get("ctx", {}).get("stage", "?")
         try:
             result = _call(request, send)
-            send(protocol.message("done", result=result))
+            send(protocol.message(protocol.DONE, result=result))
         except ReconstructError as exc:
             send(protocol.message(protocol.ERROR, **exc.as_fields()))
         except OSError as exc:

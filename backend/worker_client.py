@@ -61,7 +61,7 @@ class Worker:
         stage = ctx["stage"]
         self.prestart()
         try:
-            self._proc.stdin.write(protocol.pack({"type": "call", "ctx": ctx}))
+            self._proc.stdin.write(protocol.pack(protocol.message(protocol.CALL, ctx=ctx)))
             self._proc.stdin.flush()
         except OSError:
             pass  # the reader reports the dead worker below
@@ -86,15 +86,15 @@ class Worker:
                     f"See the log at {self.log_path}; rerun to retry the stage (finished stages are kept).",
                     {"log_tail": _tail(self.log_path)})
             kind = msg["type"]
-            if kind == "progress":
+            if kind == protocol.PROGRESS:
                 events.progress(stage, msg["fraction"], msg["message"])
             elif kind == protocol.WARNING:
                 events.warning(msg["code"], msg["message"], msg.get("details") or {})
             elif kind == protocol.LOG:
                 events.log(msg["message"])
-            elif kind == "poll":
+            elif kind == protocol.POLL:
                 poll = poll_rows(Path(msg["database"]), msg["table"], msg["total"], stage, msg["what"], events)
-            elif kind == "done":
+            elif kind == protocol.DONE:
                 return msg["result"]
             elif kind == protocol.ERROR:
                 raise ReconstructError(msg["code"], msg["message"], msg.get("hint", ""), msg.get("details"))

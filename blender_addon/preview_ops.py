@@ -11,25 +11,33 @@ import uuid
 from pathlib import Path
 
 import bpy
+import numpy as np
 
 from . import jobs, protocol
 from .importers.cameras import make_active_camera
 from .results import splats_file
-from .previews import (PreviewSession, SplatSource, job_cameras, job_collection, photo_of, show_in_image_editor,
-                       splat_rgba)
+from .previews import (PreviewSession, SplatSource, fit_render, job_cameras, job_collection, photo_of, resample,
+                       show_in_image_editor, splat_rgba)
 
 TICK_SECONDS = 0.05
 
 
 class BackendSplats(SplatSource):
-    """Splat renders from the backend's render_splats call."""
+    """Splat renders from the backend's render_splats call. A camera over the
+    backend's limit (protocol.MAX_RENDER_PIXELS, MAX_RENDER_SIDE: a 24 MP photo
+    at 100%) is rendered scaled down to fit (previews.fit_render) and resized
+    back to the camera's size (previews.resample)."""
 
-    def __init__(self, runner: jobs.Runner, workspace: Path):
-        self.runner, self.workspace, self.ids = runner, str(workspace), {}
+    def __init__(self, runner: jobs.Runner, workspace: Path, max_pixels: int = protocol.MAX_RENDER_PIXELS):
+        self.runner, self.workspace, self.max_pixels = runner, str(workspace), max_pixels
+        self.ids: dict[str, str] = {}
+        self.sizes: dict[str, tuple[int, int]] = {}  # name -> (width, height) the session asked for
 
     def request(self, name: str, camera: dict) -> None:
         self.ids[name] = uuid.uuid4().hex[:12]
-        self.runner.client.send(protocol.RENDER_SPLATS, id=self.ids[name], workspace=self.workspace, camera=camera)
+        self.sizes[name] = (camera["width"], camera["height"])
+        self.runner.client.send(protocol.RENDER_SPLATS, id=self.ids[name], workspace=self.workspace,
+                                camera=fit_render(camera, self.max_pixels))
 
     def poll(self, name: str):
         self.runner.pump()
@@ -40,7 +48,12 @@ class BackendSplats(SplatSource):
             return None
         if msg["type"] == protocol.ERROR:
             raise RuntimeError(msg["message"])
-        return splat_rgba(msg["image"], msg["background"])
+        width, height = self.sizes.pop(name)
+        image = msg["image"]
+        if image.shape[:2] != (height, width):
+            # Linear in the premultiplied colour and alpha: the same as resizing the composite.
+            image = resample(image.astype(np.float32), width, height)
+        return splat_rgba(image, msg["background"])
 
 
 class PreviewRunner:
@@ -93,7 +106,7 @@ class PreviewRunner:
             s.preview_state, s.preview_message, s.preview_progress = session.state, session.message, session.progress
             if session.done and session.state == "DONE":
                 fill_scores(scene, session)
-        jobs._redraw()
+        _redraw()
         return None if session.done else TICK_SECONDS
 
     def cancel(self) -> None:
@@ -107,6 +120,15 @@ preview_runner = PreviewRunner()
 
 def _tick() -> float | None:
     return preview_runner.tick()
+
+
+def _redraw() -> None:
+    """Redraw the 3D views, where the sidebar's Previews panel shows the progress."""
+    wm = bpy.context.window_manager
+    for window in (wm.windows if wm else ()):
+        for area in window.screen.areas:
+            if area.type == "VIEW_3D":
+                area.tag_redraw()
 
 
 def _job_collection(context, cameras):

@@ -31,8 +31,8 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from . import preview_math
-from .camera_math import BlenderIntrinsics, blender_to_intrinsics
+from . import preview_math, protocol
+from .camera_math import BlenderIntrinsics, blender_matrix_to_colmap, blender_to_intrinsics
 from .importers.cameras import IMAGE_NAME_KEY, apply_camera_resolution
 
 PREVIEWS_DIR = "previews"
@@ -74,16 +74,68 @@ def job_collection(obj: bpy.types.Object) -> bpy.types.Collection | None:
 
 
 def camera_pixels(scene, cam: bpy.types.Object) -> dict:
-    """What the backend needs to render `cam` as Blender would at the scene's
-    current (percentage-scaled) resolution: matrix_world, size, pinhole intrinsics."""
+    """The render camera of the protocol's render_splats request for `cam` as
+    Blender renders it at the scene's current (percentage-scaled) resolution:
+    COLMAP's world-to-camera R, t and the pinhole K in pixels of that frame,
+    converted here, on the add-on's side, once (camera_math)."""
     r, data = scene.render, cam.data
     width = int(r.resolution_x * r.resolution_percentage / 100)
     height = int(r.resolution_y * r.resolution_percentage / 100)
     fx, fy, cx, cy = blender_to_intrinsics(BlenderIntrinsics(
         data.lens, data.sensor_width, data.sensor_height, data.sensor_fit, data.shift_x, data.shift_y,
         width, height, r.pixel_aspect_x, r.pixel_aspect_y))
-    return {"matrix_world": [list(row) for row in cam.matrix_world], "width": width, "height": height,
-            "fx": fx, "fy": fy, "cx": cx, "cy": cy}
+    matrix = np.array(cam.matrix_world, np.float64)
+    if np.linalg.svd(matrix[:3, :3], compute_uv=False).min() <= 1e-12 * max(1.0, np.abs(matrix[:3, :3]).max()):
+        raise ValueError(f"camera {cam.name} has a zero scale: it has no direction to look in")
+    try:
+        R, t = blender_matrix_to_colmap(matrix)
+    except ValueError as exc:
+        raise ValueError(f"camera {cam.name}: {exc}") from None
+    return {"R": R.tolist(), "t": t.tolist(), "width": width, "height": height, "fx": fx, "fy": fy,
+            "cx": cx, "cy": cy}
+
+
+def fit_render(camera: dict, max_pixels: int = protocol.MAX_RENDER_PIXELS,
+               max_side: int = protocol.MAX_RENDER_SIDE) -> dict:
+    """`camera` (a render camera, as camera_pixels makes it) scaled down to the
+    largest size the backend renders: at most `max_pixels` pixels and
+    `max_side` on a side, the aspect kept as well as whole pixels allow. Size
+    and K scale together, x by new width / width and y by new height / height,
+    so the frame [0, W] x [0, H] maps onto the smaller one and the same view is
+    rendered. A camera that fits is returned as it is."""
+    width, height = camera["width"], camera["height"]
+    scale = min(1.0, math.sqrt(max_pixels / (width * height)), max_side / width, max_side / height)
+    if scale >= 1.0:
+        return camera
+    # The 1e-9: 12000 * (8192 / 12000) is 8191.999...; the loop undoes any overshoot.
+    w = max(1, min(max_side, math.floor(width * scale + 1e-9)))
+    h = max(1, min(max_side, math.floor(height * scale + 1e-9)))
+    while w * h > max_pixels:
+        w, h = (w - 1, h) if w / width >= h / height else (w, h - 1)
+    sx, sy = w / width, h / height
+    return {**camera, "width": w, "height": h, "fx": camera["fx"] * sx, "cx": camera["cx"] * sx,
+            "fy": camera["fy"] * sy, "cy": camera["cy"] * sy}
+
+
+def resample(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """[H, W, C] resized to [height, width, C] bilinearly, pixel centres aligned
+    (the frame [0, W] x [0, H] maps onto [0, width] x [0, height], as
+    fit_render's K does), edges clamped. Keeps a float image's dtype."""
+    def axis(n_out: int, n_in: int):
+        x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+        i0 = np.floor(x).astype(np.intp)
+        return i0, np.minimum(i0 + 1, n_in - 1), (x - i0).astype(image.dtype)
+
+    h, w = image.shape[:2]
+    if (w, h) == (width, height):
+        return image
+    y0, y1, fy = axis(height, h)
+    x0, x1, fx = axis(width, w)
+    rows = image[y0] * (1 - fy)[:, None, None]
+    rows += image[y1] * fy[:, None, None]
+    out = rows[:, x0] * (1 - fx)[None, :, None]
+    out += rows[:, x1] * fx[None, :, None]
+    return out
 
 
 def image_pixels(image: bpy.types.Image) -> np.ndarray:
@@ -124,9 +176,10 @@ def photo_of(cam: bpy.types.Object) -> bpy.types.Image | None:
 
 
 class SplatSource:
-    """Splat renders for the session: `request(name, camera)` then `poll(name)`
-    -> RGBA [H, W, 4] (colour composited over the training background, alpha =
-    coverage) once it is there, else None."""
+    """Splat renders for the session: `request(name, camera)` (a camera from
+    camera_pixels) then `poll(name)` -> RGBA [H, W, 4] at the camera's size
+    (colour composited over the training background, alpha = coverage) once it
+    is there, else None."""
 
     def request(self, name: str, camera: dict) -> None: ...
     def poll(self, name: str) -> np.ndarray | None: ...

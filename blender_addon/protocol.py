@@ -59,7 +59,8 @@ from typing import Any, BinaryIO
 import msgpack
 
 __version__ = "0.1.0"  # the product's version: add-on manifest and backend
-PROTOCOL_VERSION = 3  # 2: splat renders; 3: SYNC after frame_too_large, max_request_bytes in the handshake
+PROTOCOL_VERSION = 4  # 2: splat renders; 3: SYNC after frame_too_large, max_request_bytes in the handshake;
+# 4: render_splats carries a COLMAP camera (R, t, K) instead of Blender's matrix_world
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
 """Events (backend -> add-on): a full-size splat render is the largest."""
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
@@ -90,14 +91,20 @@ there and start over)}; answered by events with the same job."""
 CANCEL = "cancel"
 SHUTDOWN = "shutdown"
 RENDER_SPLATS = "render_splats"
-"""Render a workspace's splats from a camera: {id, workspace, camera: {matrix_world
-(4x4, Blender's camera object), width, height, fx, fy, cx, cy (pixels)}}; answered
-by a RENDER event (or an ERROR) with the same id. Independent of any running job.
+"""Render a workspace's splats from a camera: {id, workspace, camera: {R, t, width,
+height, fx, fy, cx, cy}}, the camera in COLMAP's convention (as the splats were
+trained): R (3x3) and t (3) the world-to-camera pose, x_cam = R @ x_world + t,
+the camera looking down +Z with +Y down; width x height pixels and the pinhole
+K = [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] in pixels, pixel centres at +0.5. The
+add-on converts its Blender camera (previews.camera_pixels, with camera_math);
+the backend renders what it is given. Answered by a RENDER event (or an ERROR)
+with the same id. Independent of any running job.
 Checked before anything is allocated (bad_request naming the field otherwise):
-workspace a non-empty string, matrix_world 4x4 finite numbers (a rigid pose,
-any scale), width and height integers in [1, MAX_RENDER_SIDE] with
-width * height <= MAX_RENDER_PIXELS, fx, fy > 0 and cx, cy finite, each at
-most MAX_RENDER_INTRINSIC in size."""
+workspace a non-empty absolute path, R 3 rows of 3 finite numbers forming a
+rotation (R @ R.T within MAX_ROTATION_ERROR of the identity, determinant +1),
+t 3 finite numbers (at most MAX_RENDER_COORDINATE in size), width and height
+integers in [1, MAX_RENDER_SIDE] with width * height <= MAX_RENDER_PIXELS,
+fx, fy > 0 and cx, cy finite, each at most MAX_RENDER_INTRINSIC in size."""
 MAX_RENDER_SIDE = 8192
 """Longest side of a splat render: Blender's own preview resolutions stay well
 below it, and float32 pixel coordinates are exact to it."""
@@ -111,6 +118,11 @@ take; the 20000 x 20000 request that once took 5 GB and failed is 25 times it.""
 MAX_RENDER_INTRINSIC = 1e7
 """Largest focal length or principal point offset (pixels) a render accepts:
 beyond it float32 projection loses whole pixels."""
+MAX_RENDER_COORDINATE = 1e9
+"""Largest entry of a render camera's t: the renderer works in float32."""
+MAX_ROTATION_ERROR = 1e-6
+"""How far a render camera's R @ R.T may be from the identity (largest entry
+of the difference): a rotation computed in float64 is off by about 1e-15."""
 
 # Events (backend -> add-on). HANDSHAKE is also the reply to a handshake.
 PROGRESS = "progress"
@@ -127,6 +139,24 @@ RENDER = "render"
 """{id, image: uint8 [height, width, 4] RGBA array (top row first; colour
 premultiplied by alpha, alpha = splat coverage), background: [r, g, b] the
 training's background colour, seconds}."""
+
+# Worker messages (job runner <-> stage worker) ------------------------------
+# backend/worker_client.py (the job runner, in the server's process) and
+# backend/worker.py (the stage worker, a child process) speak the same framing
+# over the worker's stdin/stdout. Runner -> worker: CALL, one at a time (the
+# worker exits on SHUTDOWN or at the end of its input; the runner kills it on
+# cancel and when the job ends). Worker -> runner, while a stage runs:
+# PROGRESS {fraction, message}, WARNING {code, message, details}, LOG
+# {message} (passed on to the add-on with the job and stage added) and POLL;
+# then DONE, or ERROR {code, message, hint, details}.
+CALL = "call"
+"""{ctx}: run one stage (backend.stage_context.StageContext as plain data)."""
+DONE = "done"
+"""{result}: the stage called has finished; `result` is what its function returned."""
+POLL = "poll"
+"""{database, table, total, what}: report this stage's progress by counting the
+rows of `table` in the SQLite `database` (out of `total` `what`) until DONE:
+pycolmap's extraction and matching have no progress callback."""
 
 
 class ErrorCode:

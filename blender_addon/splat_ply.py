@@ -19,7 +19,9 @@ import numpy as np
 
 from .ply_io import PlyError, read_ply, write_ply
 
-SH_C0 = 0.28209479177387814  # the degree-0 spherical harmonic: colour = 0.5 + SH_C0 * f_dc
+# The degree-0 spherical harmonic, colour = 0.5 + SH_C0 * f_dc: defined here only (bpy-free), the
+# backend's training and rasteriser import it.
+SH_C0 = 0.28209479177387814
 REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
             "rot_0", "rot_1", "rot_2", "rot_3")
 

@@ -90,7 +90,7 @@ def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     local runs (CI starts clean and renders it once); the reconstruction
     always runs from scratch."""
     out = tmp_path_factory.mktemp("demo") / "demo"
-    proc = run_backend("demo", "--out", out, "--scene", CACHE / "synthetic-scene", check=True)
+    proc = run_backend("demo", "--out", out, "--scene", CACHE / "synthetic-scene", check=True, timeout=1200)
     return out, proc
 
 

@@ -9,7 +9,10 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from blender_addon import protocol
+from blender_addon.splat_ply import Splats, write_splats
 from conftest import REPO
 
 
@@ -73,3 +76,15 @@ class Backend:
                 self.proc.kill()
                 self.proc.wait()
         self.stderr.close()
+
+
+def write_grey_splats(ws: Path, n: int = 5) -> Path:
+    """A workspace whose splats are `n` grey blobs around the origin (0.3 in
+    size, nearly opaque): enough for a render request to have something to draw."""
+    (ws / "splats").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    write_splats(ws / "splats" / "splats.ply", Splats(
+        means=rng.uniform(-0.3, 0.3, (n, 3)), log_scales=np.full((n, 3), np.log(0.3)),
+        quats=np.tile([1.0, 0, 0, 0], (n, 1)), opacity_logits=np.full(n, 3.0), sh_dc=np.zeros((n, 3)),
+        sh_rest=np.zeros((n, 0, 3))))
+    return ws

@@ -14,7 +14,7 @@ from backend.roi import Box
 from blender_addon import protocol
 from blender_addon.ply_io import read_ply, write_ply
 from conftest import read_json, run_backend
-from test_protocol import Backend
+from protocol_helpers import Backend
 
 # templeSparseRing's README: a tight bounding box of the object, in the ground truth's frame (metres).
 TEMPLE_BOX = (np.array([-0.073568, 0.021728, -0.012445]), np.array([0.028855, 0.181892, 0.062736]))

@@ -263,14 +263,13 @@ def _project(scene, cam, points):
     """Frame coordinates (x, y: 0..1 across the frame, y up) and depth of
     `points` in `cam` at its photo's resolution: the intrinsics the previews
     send the backend, through COLMAP's projection."""
-    from blender_addon.camera_math import blender_matrix_to_colmap
     from blender_addon.importers.cameras import apply_camera_resolution
     from blender_addon.previews import camera_pixels
     from projection import colmap_project
 
     apply_camera_resolution(scene, cam)
     c = camera_pixels(scene, cam)
-    R, t = blender_matrix_to_colmap(np.array(cam.matrix_world))
+    R, t = np.asarray(c["R"]), np.asarray(c["t"])
     uv = colmap_project(R, t, c["fx"], c["fy"], c["cx"], c["cy"], points)
     return uv[:, 0] / c["width"], 1 - uv[:, 1] / c["height"], (points @ R.T + t)[:, 2]
 
@@ -280,3 +279,135 @@ def _in_view(scene, cam, points, margin=0.05):
     (a face can reach in from just outside)."""
     x, y, z = _project(scene, cam, points)
     return (z > 0) & (x >= -margin) & (x <= 1 + margin) & (y >= -margin) & (y <= 1 + margin)
+
+
+# Render cameras: converted once, on the add-on's side; large ones scaled to fit -------------
+def _blender_camera(name="render camera"):
+    """A Blender camera 5 units from the origin, turned and shifted, in an empty scene."""
+    from mathutils import Euler, Vector
+
+    bpy.ops.wm.read_factory_settings(use_empty=True)
+    scene = bpy.context.scene
+    cam = bpy.data.objects.new(name, bpy.data.cameras.new(name))
+    scene.collection.objects.link(cam)
+    cam.rotation_euler = Euler((1.1, 0.2, 0.7))
+    cam.location = Vector((3.0, -4.0, 1.5))
+    cam.data.lens, cam.data.shift_x, cam.data.shift_y = 42.0, 0.05, -0.02
+    scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = 640, 480, 100
+    bpy.context.view_layer.update()
+    return scene, cam
+
+
+def test_the_render_camera_is_colmaps_world_to_camera_pose_and_pixel_intrinsics():
+    """camera_pixels sends what the backend renders directly: a rotation R and
+    t with x_cam = R @ x_world + t (+Z forward), so the point straight ahead
+    of the Blender camera projects through K onto the principal point."""
+    from blender_addon.camera_math import blender_matrix_to_colmap
+    from blender_addon.previews import camera_pixels
+
+    scene, cam = _blender_camera()
+    c = camera_pixels(scene, cam)
+    R, t = np.asarray(c["R"]), np.asarray(c["t"])
+    assert set(c) == {"R", "t", "width", "height", "fx", "fy", "cx", "cy"} and "matrix_world" not in c
+    assert np.abs(R @ R.T - np.eye(3)).max() < 1e-12 and np.linalg.det(R) == pytest.approx(1.0)
+    expected_R, expected_t = blender_matrix_to_colmap(np.array(cam.matrix_world))
+    assert np.allclose(R, expected_R) and np.allclose(t, expected_t)
+    m = np.array(cam.matrix_world)
+    ahead = m[:3, 3] - 2.0 * m[:3, 2]  # Blender cameras look down their -Z
+    x = R @ ahead + t
+    assert x[2] == pytest.approx(2.0)
+    assert (c["fx"] * x[0] / x[2] + c["cx"], c["fy"] * x[1] / x[2] + c["cy"]) == pytest.approx((c["cx"], c["cy"]))
+    assert (c["width"], c["height"]) == (640, 480) and c["cx"] != 320  # the lens shift is in K
+
+
+def test_a_mirrored_camera_is_refused_by_name_before_anything_is_sent():
+    from blender_addon.previews import camera_pixels
+
+    scene, cam = _blender_camera("mirror")
+    cam.scale = (1.0, 1.0, -1.0)
+    bpy.context.view_layer.update()
+    with pytest.raises(ValueError, match="mirror.*mirrored"):
+        camera_pixels(scene, cam)
+
+
+def test_a_24mp_camera_is_scaled_to_the_render_limit_with_its_intrinsics():
+    """A 6000 x 4000 photo at 100% is over the backend's 16 MP: fit_render
+    asks for the largest size under it, aspect kept, K scaled with the size, so
+    every point lands on the same spot of the frame."""
+    from blender_addon import protocol
+    from blender_addon.previews import fit_render
+
+    camera = {"R": np.eye(3).tolist(), "t": [0.0, 0.0, 0.0], "width": 6000, "height": 4000,
+              "fx": 5100.0, "fy": 5050.0, "cx": 3010.5, "cy": 1990.25}
+    fit = fit_render(camera)
+    w, h = fit["width"], fit["height"]
+    assert w * h <= protocol.MAX_RENDER_PIXELS and w * h > 0.999 * protocol.MAX_RENDER_PIXELS
+    assert abs(w / h - 1.5) < 1 / h
+    assert (fit["R"], fit["t"]) == (camera["R"], camera["t"])
+    assert fit["fx"] / camera["fx"] == pytest.approx(w / 6000, rel=1e-12)
+    assert fit["cx"] / camera["cx"] == pytest.approx(w / 6000, rel=1e-12)
+    assert fit["fy"] / camera["fy"] == pytest.approx(h / 4000, rel=1e-12)
+    assert fit["cy"] / camera["cy"] == pytest.approx(h / 4000, rel=1e-12)
+    rng = np.random.default_rng(0)
+    points = rng.uniform([-1, -1, 2], [1, 1, 6], (50, 3))
+    for c in (camera, fit):  # frame fractions, (0, 0) to (1, 1)
+        u = (c["fx"] * points[:, 0] / points[:, 2] + c["cx"]) / c["width"]
+        v = (c["fy"] * points[:, 1] / points[:, 2] + c["cy"]) / c["height"]
+        c["frame"] = np.stack([u, v], 1)
+    assert np.allclose(camera["frame"], fit["frame"], atol=1e-12)
+    assert fit_render({**camera, "width": 4000, "height": 4000}) == {**camera, "width": 4000, "height": 4000}
+    wide = fit_render({**camera, "width": 12000, "height": 1000})  # 12 MP, but over 8192 px wide
+    assert wide["width"] == protocol.MAX_RENDER_SIDE and wide["height"] == 682
+    tall = fit_render({**camera, "width": 4001, "height": 4001})
+    assert tall["width"] * tall["height"] <= protocol.MAX_RENDER_PIXELS
+
+
+def test_resampling_keeps_pixel_centres_aligned():
+    """A render made smaller and brought back up to the preview's size: a ramp
+    across the frame stays the same ramp (away from the clamped edges)."""
+    from blender_addon.previews import resample
+
+    small_w, small_h, w, h = 80, 60, 97, 73
+    ramp = ((np.arange(small_w) + 0.5) / small_w)[None, :, None] * np.ones((small_h, 1, 4), np.float32)
+    ramp[..., 1] = ((np.arange(small_h) + 0.5) / small_h)[:, None]
+    big = resample(ramp.astype(np.float32), w, h)
+    assert big.shape == (h, w, 4) and big.dtype == np.float32
+    x = (np.arange(w) + 0.5) / w
+    y = (np.arange(h) + 0.5) / h
+    inner_x = (x > 1 / small_w) & (x < 1 - 1 / small_w)
+    inner_y = (y > 1 / small_h) & (y < 1 - 1 / small_h)
+    assert np.allclose(big[0, inner_x, 0], x[inner_x], atol=1e-6)
+    assert np.allclose(big[inner_y, 0, 1], y[inner_y], atol=1e-6)
+    assert resample(ramp, small_w, small_h) is ramp
+
+
+def test_a_splat_render_over_the_limit_comes_back_at_the_previews_size(addon, tmp_path):
+    """The backend is asked for at most max_pixels (here 1/16 of the camera:
+    the same path as a 24 MP photo against the real 16 MP): the render is made
+    at the scaled size, brought back to the camera's size, and shows what the
+    render at full size shows."""
+    import time
+
+    from blender_addon.preview_ops import BackendSplats
+    from protocol_helpers import write_grey_splats
+
+    ws = write_grey_splats(tmp_path / "ws")
+    addon.runner.ensure_backend(bpy.context)
+    camera = {"R": [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]], "t": [0.0, 0.0, 3.0],
+              "width": 320, "height": 240, "fx": 300.0, "fy": 300.0, "cx": 161.0, "cy": 119.0}
+    full, scaled = BackendSplats(addon.runner, ws), BackendSplats(addon.runner, ws, max_pixels=320 * 240 // 16)
+    full.request("cam", camera)
+    scaled.request("cam", camera)
+    images, deadline = {}, time.monotonic() + 120
+    while len(images) < 2:
+        assert time.monotonic() < deadline, "no splat renders within 120 s"
+        for name, source in (("full", full), ("scaled", scaled)):
+            if name not in images and (image := source.poll("cam")) is not None:
+                images[name] = image
+        time.sleep(0.02)
+    assert images["full"].shape == images["scaled"].shape == (240, 320, 4)
+    alpha_full, alpha_scaled = images["full"][..., 3], images["scaled"][..., 3]
+    assert alpha_full[100:140, 140:180].mean() > 0.5 and alpha_full[:10, :10].max() < 0.05  # blobs, centred
+    difference = np.abs(alpha_scaled - alpha_full)  # measured: mean 0.0012, largest 0.009
+    assert difference.mean() < 0.005 and difference.max() < 0.05
+    assert difference.max() > 0  # it was rendered at the smaller size

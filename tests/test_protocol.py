@@ -16,7 +16,7 @@ import pytest
 
 from blender_addon import protocol
 from conftest import REPO, read_json
-from protocol_helpers import Backend  # noqa: F401  (test_dense and test_splat_train import it from here)
+from protocol_helpers import Backend
 from test_resume import _gone
 
 

@@ -26,11 +26,10 @@ from PIL import Image
 from blender_addon import protocol
 from blender_addon.client import BackendClient
 from blender_addon.protocol import ErrorCode
-from blender_addon.splat_ply import Splats, write_splats
 from conftest import REPO
-from protocol_helpers import Backend
+from protocol_helpers import Backend, write_grey_splats
 
-SERVER_MAX_FRAME = 64 << 20  # what `python -m backend serve` is run with by default today
+SERVER_MAX_FRAME = 64 << 20  # generous: the decoding budget, not the byte limit, refuses the 8 MiB frames below
 STAGE_OUTPUTS = ("job.json", "sparse", "undistorted", "dense", "mesh", "splats")
 
 
@@ -171,23 +170,14 @@ def test_frames_that_are_not_requests_get_errors(backend):
 @pytest.fixture(scope="module")
 def splat_ws(tmp_path_factory):
     """A workspace holding a few grey splats around the origin."""
-    ws = tmp_path_factory.mktemp("splats") / "ws"
-    (ws / "splats").mkdir(parents=True)
-    n = 5
-    rng = np.random.default_rng(0)
-    write_splats(ws / "splats" / "splats.ply", Splats(
-        means=rng.uniform(-0.3, 0.3, (n, 3)), log_scales=np.full((n, 3), np.log(0.3)),
-        quats=np.tile([1.0, 0, 0, 0], (n, 1)), opacity_logits=np.full(n, 3.0), sh_dc=np.zeros((n, 3)),
-        sh_rest=np.zeros((n, 0, 3))))
-    return ws
+    return write_grey_splats(tmp_path_factory.mktemp("splats") / "ws")
 
 
 def _camera(**changes) -> dict:
-    """A Blender camera 3 units up the z axis looking at the origin, 64x48 px."""
-    matrix = np.eye(4)
-    matrix[2, 3] = 3.0
-    camera = {"matrix_world": matrix.tolist(), "width": 64, "height": 48, "fx": 60.0, "fy": 60.0,
-              "cx": 32.0, "cy": 24.0}
+    """A camera 3 units up the z axis looking down at the origin, 64x48 px, in
+    the request's COLMAP convention (world-to-camera: +Z forward, +Y down)."""
+    camera = {"R": [[1.0, 0.0, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]], "t": [0.0, 0.0, 3.0],
+              "width": 64, "height": 48, "fx": 60.0, "fy": 60.0, "cx": 32.0, "cy": 24.0}
     camera.update(changes)
     return camera
 
@@ -210,8 +200,8 @@ def test_a_20000x20000_render_is_refused_before_anything_is_allocated(backend, s
     assert reply["image"][20:28, 28:36, 3].mean() > 100  # the splats cover the middle
 
 
-MIRRORED = np.diag([1.0, 1.0, -1.0, 1.0])
-MIRRORED[2, 3] = 3.0
+MIRRORED = np.diag([1.0, 1.0, -1.0])  # orthonormal, but a reflection (determinant -1)
+TILTED = np.array([[1.0, 0.001, 0.0], [0.0, -1.0, 0.0], [0.0, 0.0, -1.0]])  # sheared by 1e-3
 NAN = float("nan")
 
 
@@ -228,11 +218,22 @@ NAN = float("nan")
     ({"camera": _camera(cx=math.inf)}, "'cx'"),
     ({"camera": _camera(cy="24")}, "'cy'"),
     ({"camera": _camera(cy=None)}, "'cy'"),
-    ({"camera": _camera(matrix_world=np.eye(3).tolist())}, "'matrix_world'"),
-    ({"camera": _camera(matrix_world=[[NAN] * 4] * 4)}, "'matrix_world'"),
-    ({"camera": _camera(matrix_world=np.zeros((4, 4)).tolist())}, "'matrix_world'"),
-    ({"camera": _camera(matrix_world=MIRRORED.tolist())}, "'matrix_world'"),
-    ({"camera": _camera(matrix_world="identity")}, "'matrix_world'"),
+    ({"camera": _camera(R=np.eye(4).tolist())}, "'R'"),
+    ({"camera": _camera(R=[[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])}, "'R'"),
+    ({"camera": _camera(R=[[NAN] * 3] * 3)}, "'R'"),
+    ({"camera": _camera(R=np.zeros((3, 3)).tolist())}, "'R'"),
+    ({"camera": _camera(R=(2 * np.eye(3)).tolist())}, "'R'"),
+    ({"camera": _camera(R=TILTED.tolist())}, "'R'"),
+    ({"camera": _camera(R=MIRRORED.tolist())}, "'R'"),
+    ({"camera": _camera(R="identity")}, "'R'"),
+    ({"camera": _camera(R=[[True, False, False], [False, True, False], [False, False, True]])}, "'R'"),
+    ({"camera": _camera(R=None)}, "'R'"),
+    ({"camera": _camera(t=[0.0, 0.0])}, "'t'"),
+    ({"camera": _camera(t=[0.0, 0.0, NAN])}, "'t'"),
+    ({"camera": _camera(t=[0.0, 0.0, 1e12])}, "'t'"),
+    ({"camera": _camera(t="origin")}, "'t'"),
+    ({"camera": _camera(t=None)}, "'t'"),
+    ({"camera": _camera(matrix_world=np.eye(4).tolist(), R=None, t=None)}, "'R'"),  # protocol 3's camera
     ({"camera": [64, 48]}, "'camera'"),
     ({"camera": None}, "'camera'"),
     ({"workspace": ""}, "'workspace'"),
@@ -249,6 +250,19 @@ def test_a_render_request_with_a_bad_field_names_it(backend, splat_ws, request_f
     assert reply["code"] == ErrorCode.BAD_REQUEST and reply["id"] == 41, reply
     assert says in reply["message"], reply
     answers_next_request(backend)
+
+
+def test_a_render_camera_may_be_sent_as_arrays_rounded_to_float32(backend, splat_ws):
+    """R and t may travel as protocol arrays, and an R that went through
+    float32 (off a rotation by about 1e-7) is still a rotation: rendered."""
+    R = np.asarray(_camera()["R"], np.float32) @ np.asarray(
+        [[np.cos(0.3), -np.sin(0.3), 0], [np.sin(0.3), np.cos(0.3), 0], [0, 0, 1]], np.float32)
+    assert np.abs(R.astype(np.float64) @ R.T.astype(np.float64) - np.eye(3)).max() > 0
+    backend.send(protocol.RENDER_SPLATS, id="arrays", workspace=str(splat_ws),
+                 camera=_camera(R=R, t=np.array([0.0, 0.0, 3.0], np.float32)))
+    reply = backend.until(protocol.RENDER, protocol.ERROR, timeout=60)[0]
+    assert reply["type"] == protocol.RENDER and reply["id"] == "arrays", reply
+    assert reply["image"][20:28, 28:36, 3].mean() > 100
 
 
 def test_a_render_id_that_is_not_a_string_or_integer_is_refused(backend, splat_ws):
