@@ -241,14 +241,14 @@ class Runner:
                 # Creating datablocks is main-thread bpy work by nature: one part per call.
                 built = self.importer.build_next()
                 self._maybe_finish()
-                _redraw()
+                redraw()
                 return BUILD_TICK_SECONDS
             if self.client is not None:
                 self.pump()
             self._maybe_finish()
             if not self.running and (self.client is None or (not self.client.alive and self.client.events.empty())):
                 return None
-            _redraw()
+            redraw()
             return TICK_SECONDS if self.running else IDLE_TICK_SECONDS
         finally:
             # Every other call while a job runs, the reader thread busy or not, must stay short.
@@ -361,12 +361,13 @@ def _set(settings, **fields) -> None:
         setattr(settings, key, value)
 
 
-def _redraw() -> None:
+def redraw(area_types=("VIEW_3D", "PREFERENCES")) -> None:
+    """Redraw the areas that show the add-on's state (the sidebar, the preferences)."""
     wm = bpy.context.window_manager
     for window in (wm.windows if wm else ()):
         for area in window.screen.areas:
             if area.type in ("VIEW_3D", "PREFERENCES"):
-                area.tag_redraw()
+                area.tagredraw()
 
 
 def unregister() -> None:

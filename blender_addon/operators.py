@@ -7,7 +7,7 @@ import sys
 import bpy
 
 from . import preferences, setup_backend
-from .jobs import UserError, runner
+from .jobs import UserError, redraw, runner
 
 
 class RECONSTRUCT_OT_run(bpy.types.Operator):
@@ -59,10 +59,7 @@ class RECONSTRUCT_OT_check_backend(bpy.types.Operator):
 
 
 def _redraw_setup() -> float | None:
-    for window in bpy.context.window_manager.windows:
-        for area in window.screen.areas:
-            if area.type == "PREFERENCES":
-                area.tag_redraw()
+    redraw(("PREFERENCES",))
     return 0.5 if setup_backend.state.running else None
 
 

@@ -106,7 +106,7 @@ class PreviewRunner:
             s.preview_state, s.preview_message, s.preview_progress = session.state, session.message, session.progress
             if session.done and session.state == "DONE":
                 fill_scores(scene, session)
-        _redraw()
+        jobs.redraw(("VIEW_3D",))  # where the sidebar's Previews panel shows the progress
         return None if session.done else TICK_SECONDS
 
     def cancel(self) -> None:
@@ -122,13 +122,6 @@ def _tick() -> float | None:
     return preview_runner.tick()
 
 
-def _redraw() -> None:
-    """Redraw the 3D views, where the sidebar's Previews panel shows the progress."""
-    wm = bpy.context.window_manager
-    for window in (wm.windows if wm else ()):
-        for area in window.screen.areas:
-            if area.type == "VIEW_3D":
-                area.tag_redraw()
 
 
 def _job_collection(context, cameras):

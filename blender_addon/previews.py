@@ -398,7 +398,7 @@ def _aids(scene) -> list[bpy.types.Object]:
     run our tagged node groups): viewport aids, left out of the scene render."""
     from .importers import points, splats
 
-    tags = (points._VERSION_KEY, splats._VERSION_KEY)
+    tags = (points.TAG, splats.TAG)
     return [o for o in scene.objects
             if any(m.type == "NODES" and m.node_group and any(t in m.node_group for t in tags) for m in o.modifiers)]
 

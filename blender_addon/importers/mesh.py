@@ -14,7 +14,10 @@ import numpy as np
 from .points import COLOR_ATTRIBUTE, find_tagged, linear_rgba
 
 MATERIAL = "Reconstruct Mesh"
-_VERSION_KEY, _VERSION = "reconstruct_mesh_version", 1
+# The custom property that marks our node groups and materials (with their version,
+# bumped when they change, so files with an older one get a new one); also how the
+# previews tell our viewport aids.
+TAG, _VERSION = "reconstruct_mesh_version", 1
 
 
 @dataclass
@@ -117,11 +120,11 @@ def build_mesh(name: str, data: MeshData, collection: bpy.types.Collection) -> b
 
 def mesh_material() -> bpy.types.Material:
     """The shared material that shows the mesh's color attribute unlit."""
-    mat = find_tagged(bpy.data.materials, _VERSION_KEY, _VERSION)
+    mat = find_tagged(bpy.data.materials, TAG, _VERSION)
     if mat is not None:
         return mat
     mat = bpy.data.materials.new(MATERIAL)
-    mat[_VERSION_KEY] = _VERSION
+    mat[TAG] = _VERSION
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
     nodes.clear()
     color = nodes.new("ShaderNodeVertexColor")

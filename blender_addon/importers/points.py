@@ -23,7 +23,7 @@ MATERIAL = "Reconstruct Points"
 MODIFIER = "Reconstruct Points"
 POINT_SIZE = "Point Size"
 # Bumped when the node group or material changes, so files with an older one get a new one.
-_VERSION_KEY, _VERSION = "reconstruct_points_version", 1
+TAG, _VERSION = "reconstruct_points_version", 1
 _SLICE = 1 << 18  # rows per numpy call when converting large arrays
 
 
@@ -121,11 +121,11 @@ _SRGB_TO_LINEAR_U8 = _srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0)
 
 def points_node_group() -> bpy.types.GeometryNodeTree:
     """The shared "Reconstruct Points" geometry nodes group, created on first use."""
-    group = find_tagged(bpy.data.node_groups, _VERSION_KEY, _VERSION)
+    group = find_tagged(bpy.data.node_groups, TAG, _VERSION)
     if group is not None:
         return group
     group = bpy.data.node_groups.new(NODE_GROUP, "GeometryNodeTree")
-    group[_VERSION_KEY] = _VERSION
+    group[TAG] = _VERSION
     group.is_modifier = True
     group.description = "Shows a Reconstruct point cloud as colored points"
     interface = group.interface
@@ -155,11 +155,11 @@ def points_node_group() -> bpy.types.GeometryNodeTree:
 
 def points_material() -> bpy.types.Material:
     """The shared material that shows the points' color attribute as emitted (unlit) color."""
-    mat = find_tagged(bpy.data.materials, _VERSION_KEY, _VERSION)
+    mat = find_tagged(bpy.data.materials, TAG, _VERSION)
     if mat is not None:
         return mat
     mat = bpy.data.materials.new(MATERIAL)
-    mat[_VERSION_KEY] = _VERSION
+    mat[TAG] = _VERSION
     tree = mat.node_tree
     nodes = tree.nodes
     nodes.clear()

@@ -23,7 +23,10 @@ from .points import COLOR_ATTRIBUTE, _input_identifier, find_tagged, linear_rgba
 NODE_GROUP = MODIFIER = MATERIAL = "Reconstruct Splats"
 DENSITY, SIZE = "Density", "Size"
 OPACITY, SCALE, ROTATION = "opacity", "scale", "rotation"
-_VERSION_KEY, _VERSION = "reconstruct_splats_version", 1
+# The custom property that marks our node groups and materials (with their version,
+# bumped when they change, so files with an older one get a new one); also how the
+# previews tell our viewport aids.
+TAG, _VERSION = "reconstruct_splats_version", 1
 
 
 @dataclass
@@ -92,11 +95,11 @@ def set_display(obj: bpy.types.Object, density: float | None = None, size: float
 
 
 def splats_node_group() -> bpy.types.GeometryNodeTree:
-    group = find_tagged(bpy.data.node_groups, _VERSION_KEY, _VERSION)
+    group = find_tagged(bpy.data.node_groups, TAG, _VERSION)
     if group is not None:
         return group
     group = bpy.data.node_groups.new(NODE_GROUP, "GeometryNodeTree")
-    group[_VERSION_KEY] = _VERSION
+    group[TAG] = _VERSION
     group.is_modifier = True
     group.description = "Shows Reconstruct splats as oriented, colored ellipsoids"
     interface = group.interface
@@ -151,11 +154,11 @@ def splats_node_group() -> bpy.types.GeometryNodeTree:
 
 def splats_material() -> bpy.types.Material:
     """Unlit splat colour, mixed with transparency by the splat's opacity."""
-    mat = find_tagged(bpy.data.materials, _VERSION_KEY, _VERSION)
+    mat = find_tagged(bpy.data.materials, TAG, _VERSION)
     if mat is not None:
         return mat
     mat = bpy.data.materials.new(MATERIAL)
-    mat[_VERSION_KEY] = _VERSION
+    mat[TAG] = _VERSION
     if hasattr(mat, "surface_render_method"):
         mat.surface_render_method = "BLENDED"  # EEVEE: real transparency, not dithering
     nodes, links = mat.node_tree.nodes, mat.node_tree.links
