@@ -6,8 +6,10 @@ The zip holds the add-on (blender_addon/ at its root) with:
 - blender_manifest.toml, its `wheels` list pointing at the bundled msgpack
   wheels (Blender 4.2-5.0 run Python 3.11: Linux, macOS and Windows wheels);
 - backend_src/: the backend's source and pyproject.toml, which 'Set up
-  backend' pip-installs into the add-on's own environment.
-The manifest's version must equal blender_addon.protocol.__version__.
+  backend' pip-installs into the add-on's own environment together with the
+  add-on's shared/ modules (shipped once: the add-on and the backend both use
+  that copy; see link/setup_backend.staged_source).
+The manifest's version must equal blender_addon.shared.protocol.__version__.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ PLATFORMS = ["manylinux2014_x86_64", "manylinux2014_aarch64", "macosx_11_0_arm64
 
 
 def version() -> str:
-    return re.search(r'^__version__ = "([^"]+)"', (ADDON / "protocol.py").read_text(), re.M).group(1)
+    return re.search(r'^__version__ = "([^"]+)"', (ADDON / "shared" / "protocol.py").read_text(), re.M).group(1)
 
 
 def manifest_version() -> str:
@@ -75,9 +77,8 @@ def build(out_dir: Path = REPO / "dist") -> Path:
             zf.write(wheel, f"wheels/{wheel.name}")
         for name in ("pyproject.toml", "README.md"):
             zf.write(REPO / name, f"backend_src/{name}")
-        for folder in ("backend", "blender_addon"):
-            for path in _files(REPO / folder):
-                zf.write(path, f"backend_src/{path.relative_to(REPO).as_posix()}")
+        for path in _files(REPO / "backend"):
+            zf.write(path, f"backend_src/{path.relative_to(REPO).as_posix()}")
     return target
 
 

@@ -11,7 +11,7 @@ from dataclasses import fields
 from typing import Literal
 
 from backend.errors import Cancelled, ReconstructError
-from blender_addon import stages as declared
+from blender_addon.shared import stages as declared
 from backend.options import CAMERA_MODELS, OPTION_GROUPS, QUALITY_PRESETS, JobOptions, field_docs
 
 
@@ -108,7 +108,7 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from backend.pipeline import run_job
+    from backend.job.pipeline import run_job
 
     events = TerminalEvents()
     # A relative path on the command line means the shell's folder, as users
@@ -141,13 +141,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from backend.server import serve
+    from backend.job.server import serve
 
     return serve(max_frame_bytes=args.max_frame_bytes)
 
 
 def cmd_previews(args: argparse.Namespace) -> int:
-    from backend.preview_blend import render_previews, report_lines
+    from backend.tools.preview_blend import render_previews, report_lines
 
     metrics = render_previews(args.workspace, args.engine, args.percentage, args.samples, not args.no_mesh,
                               not args.no_splats)
@@ -158,7 +158,7 @@ def cmd_previews(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from backend.demo import run_demo
+    from backend.tools.demo import run_demo
 
     return run_demo(args.out, quality=args.quality, scene=args.scene)
 
@@ -169,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from blender_addon.protocol import DEFAULT_MAX_REQUEST_BYTES, __version__
+    from blender_addon.shared.protocol import DEFAULT_MAX_REQUEST_BYTES, __version__
 
     parser = argparse.ArgumentParser(prog="python -m backend", description="Photos to 3D: the compute backend.")
     parser.add_argument("--version", action="version", version=__version__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-from blender_addon.protocol import ErrorCode
+from blender_addon.shared.protocol import ErrorCode
 
 __all__ = ["ReconstructError", "Cancelled", "ErrorCode", "file_error"]
 

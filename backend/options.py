@@ -10,7 +10,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
-from blender_addon.stages import NAMES
+from blender_addon.shared.stages import NAMES
 from backend.errors import ErrorCode, ReconstructError
 
 Quality = Literal["fast", "balanced", "high"]
@@ -128,7 +128,7 @@ QUALITY_PRESETS: dict[str, dict[str, dict]] = {
 }
 
 # The stages and the option fields each depends on are declared once, in
-# blender_addon/stages.py.
+# blender_addon/shared/stages.py.
 STAGES = NAMES
 
 @dataclass
@@ -271,7 +271,7 @@ def _validate(o: SfmOptions) -> None:
 
 
 def _validate_dense(o: DenseOptions) -> None:
-    from backend.roi import Box
+    from backend.dense.roi import Box
 
     if o.mesh_depth and not 5 <= o.mesh_depth <= 13:
         raise ReconstructError(ErrorCode.BAD_OPTIONS, f"dense option mesh_depth={o.mesh_depth} is out of range.",

@@ -93,7 +93,7 @@ def main() -> None:
 
     import bpy
 
-    from blender_addon import colmap_io
+    from blender_addon.shared import colmap_io
     from blender_addon.importers.points import import_points
 
     rng = np.random.default_rng(0)

@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 
 def write_cloud(path: Path, n: int, rng) -> None:
-    from blender_addon.ply_io import write_ply
+    from blender_addon.shared.ply_io import write_ply
 
     xyz, normals = rng.normal(size=(n, 3)).astype(np.float32), rng.normal(size=(n, 3)).astype(np.float32)
     rgb = rng.integers(0, 256, (n, 3), dtype=np.uint8)
@@ -41,7 +41,7 @@ def write_cloud(path: Path, n: int, rng) -> None:
 
 
 def write_grid_mesh(path: Path, faces: int, rng) -> None:
-    from blender_addon.ply_io import write_ply
+    from blender_addon.shared.ply_io import write_ply
 
     side = int(np.sqrt(faces / 2)) + 1
     u, v = np.meshgrid(np.arange(side, dtype=np.float32), np.arange(side, dtype=np.float32))
@@ -65,8 +65,8 @@ def main() -> None:
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     addon_utils.enable("blender_addon", default_set=True)
-    from blender_addon import jobs
-    from blender_addon.results import JobImport, build_part, job_collection, read_source, remove_objects
+    from blender_addon.link import jobs
+    from blender_addon.importers.results import JobImport, build_part, job_collection, read_source, remove_objects
 
     rng = np.random.default_rng(0)
     rows = []

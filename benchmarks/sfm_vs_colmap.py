@@ -55,7 +55,7 @@ def timed(cmd: list[str], fresh: Path, repeat: int) -> float:
 def model_stats(model: Path, gt: Path | None) -> dict:
     import pycolmap
 
-    from backend.evaluate import compare_poses
+    from backend.tools.evaluate import compare_poses
 
     rec = pycolmap.Reconstruction(str(model))
     stats = {"registered": rec.num_reg_images(), "reprojection_px": rec.compute_mean_reprojection_error(),

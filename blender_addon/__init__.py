@@ -7,7 +7,8 @@ imported in register().
 
 
 def _modules():
-    from . import import_colmap, jobs, operators, panels, preview_ops, preferences, properties
+    from .ui import import_colmap, operators, panels, preview_ops, preferences, properties
+    from .link import jobs
     from .importers import cameras
 
     return properties, preferences, cameras, operators, import_colmap, panels, preview_ops, jobs
@@ -16,7 +17,7 @@ def _modules():
 def register() -> None:
     import bpy
 
-    from . import import_colmap, properties
+    from .ui import import_colmap, properties
     from .importers import cameras
 
     properties.add_stage_toggles()
@@ -31,7 +32,8 @@ def register() -> None:
 def unregister() -> None:
     import bpy
 
-    from . import import_colmap, jobs, preview_ops, properties
+    from .ui import import_colmap, preview_ops, properties
+    from .link import jobs
     from .importers import cameras
 
     preview_ops.unregister()

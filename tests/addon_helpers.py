@@ -19,7 +19,7 @@ def fresh_blender_with_addon(backend_python: str, workspace_root: str):
     prefs.backend_python = backend_python
     prefs.workspace_root = workspace_root
     prefs.device = "cpu"
-    from blender_addon import jobs
+    from blender_addon.link import jobs
 
     return jobs
 

@@ -18,6 +18,6 @@ def points_in_view(R, t, W, H, fx, fy, cx, cy, rng, n=50):
 
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    from blender_addon.colmap_io import quaternion_to_matrix
+    from blender_addon.shared.colmap_io import quaternion_to_matrix
 
     return quaternion_to_matrix(rng.normal(size=4))

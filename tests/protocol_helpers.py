@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from blender_addon import protocol
-from blender_addon.splat_ply import Splats, write_splats
+from blender_addon.shared import protocol
+from blender_addon.shared.splat_ply import Splats, write_splats
 from conftest import REPO
 
 

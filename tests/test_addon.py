@@ -15,9 +15,9 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from addon_helpers import disable_addon, drive, fresh_blender_with_addon, scene_snapshot  # noqa: E402
-from blender_addon import camera_math  # noqa: E402
-from blender_addon.colmap_io import read_model  # noqa: E402
-from backend.evaluate import umeyama  # noqa: E402
+from blender_addon.shared import camera_math  # noqa: E402
+from blender_addon.shared.colmap_io import read_model  # noqa: E402
+from backend.tools.evaluate import umeyama  # noqa: E402
 from conftest import CACHE, dataset  # noqa: E402
 
 
@@ -81,7 +81,7 @@ def test_photos_become_cameras_points_and_a_mesh_while_blender_stays_responsive(
 
 
 def test_synthetic_scene_cameras_match_the_ground_truth(jobs):
-    from backend.synthetic_scene import SceneParams, ensure_scene
+    from backend.tools.synthetic_scene import SceneParams, ensure_scene
 
     scene_dir = ensure_scene(CACHE / "synthetic-scene", SceneParams())
     settings = _reconstruct(scene_dir / "images", quality="balanced", dense=False)
@@ -139,7 +139,7 @@ def test_a_backend_without_its_packages_says_what_to_do(jobs, tmp_path):
 
 
 def test_a_backend_of_another_protocol_version_says_what_to_do(jobs, monkeypatch):
-    from blender_addon import protocol
+    from blender_addon.shared import protocol
 
     monkeypatch.setattr(protocol, "PROTOCOL_VERSION", protocol.PROTOCOL_VERSION + 1)  # an older backend
     settings = _reconstruct(dataset("middlebury_temple_sparse_ring") / "images")
@@ -155,7 +155,7 @@ def test_reconstruct_without_a_photo_folder_is_refused_with_a_reason(jobs):
 
 
 def test_backend_python_is_detected_from_the_checkout(jobs):
-    from blender_addon import preferences
+    from blender_addon.ui import preferences
 
     prefs = bpy.context.preferences.addons["blender_addon"].preferences
     prefs.backend_python = ""
@@ -167,7 +167,7 @@ def test_backend_python_is_detected_from_the_checkout(jobs):
 
 
 def test_set_up_backend_runs_in_the_background_and_names_a_failing_command(jobs, tmp_path):
-    from blender_addon import setup_backend
+    from blender_addon.link import setup_backend
 
     assert setup_backend.backend_source() is not None  # the checkout (or the zip's backend_src)
     started = time.monotonic()

@@ -15,7 +15,7 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from addon_helpers import disable_addon, drive, fresh_blender_with_addon  # noqa: E402
-from blender_addon.ply_io import write_ply  # noqa: E402
+from blender_addon.shared.ply_io import write_ply  # noqa: E402
 from conftest import copy_photos, dataset  # noqa: E402
 
 FINISHED = ("DONE", "ERROR", "CANCELLED")
@@ -55,7 +55,7 @@ def _finish(jobs, settings, timeout=600.0):
 
 
 def _parts(collection) -> dict[str, list]:
-    from blender_addon.results import part_of
+    from blender_addon.importers.results import part_of
 
     out: dict[str, list] = {}
     for obj in collection.all_objects:
@@ -211,7 +211,7 @@ def test_a_dense_cloud_of_3m_points_holds_the_main_thread_briefly(tmp_path, caps
     path (a stage_done event handled by the runner, the timer called as Blender would). The
     main thread's share: the timer calls (the one that creates the datablocks included) and
     any wait for the GIL while the reader thread works."""
-    from blender_addon.results import JobImport
+    from blender_addon.importers.results import JobImport
 
     n = 3_000_000
     rng = np.random.default_rng(0)

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from backend import photos as photos_module
+from backend.job import photos as photos_module
 from backend.errors import ErrorCode, ReconstructError
-from backend.photos import NEAR_DUPLICATE, scan_photos, thumb_distance
+from backend.job.photos import NEAR_DUPLICATE, scan_photos, thumb_distance
 from conftest import copy_photos, dataset, read_json, run_backend, tree_digest
 
 TEMPLE_NAMES = [f"templeSR{i:04d}.jpg" for i in range(1, 17)]

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from blender_addon import colmap_io
+from blender_addon.shared import colmap_io
 from conftest import DATA
 
 pycolmap = pytest.importorskip("pycolmap")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 
-from backend.evaluate import compare_poses
+from backend.tools.evaluate import compare_poses
 from conftest import dataset, read_json, run_backend
 
 

@@ -8,11 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from backend.evaluate import align_to_ground_truth, dense_scores, sample_surface
+from backend.tools.evaluate import align_to_ground_truth, dense_scores, sample_surface
 from backend.options import JobOptions
-from backend.roi import Box
-from blender_addon import protocol
-from blender_addon.ply_io import read_ply, write_ply
+from backend.dense.roi import Box
+from blender_addon.shared import protocol
+from blender_addon.shared.ply_io import read_ply, write_ply
 from conftest import read_json, run_backend
 from protocol_helpers import Backend
 
@@ -23,7 +23,7 @@ TEMPLE_BOX = (np.array([-0.073568, 0.021728, -0.012445]), np.array([0.028855, 0.
 @pytest.fixture(scope="module")
 def synthetic(demo_run):
     """The demo's workspace scored against the synthetic scene's true surface
-    (backend.evaluate.evaluate_synthetic, which the demo ran and reported)."""
+    (backend.tools.evaluate.evaluate_synthetic, which the demo ran and reported)."""
     out, _ = demo_run
     return read_json(out / "report.json")["geometry"]
 
@@ -40,7 +40,7 @@ def test_dense_points_lie_on_the_true_surface_and_cover_it(synthetic):
 def test_mesh_lies_on_the_true_surface_with_nothing_floating(synthetic, demo_run):
     """Acceptance 2: mean distance under 1% of the diagonal (measured 0.10%),
     no face far from the true scene, and only large connected pieces."""
-    from backend.meshing import MIN_PIECE, _face_pieces
+    from backend.dense.meshing import MIN_PIECE, _face_pieces
 
     mesh = synthetic["mesh"]
     assert mesh["mean_distance_fraction"] < 0.01, mesh
@@ -89,7 +89,7 @@ def test_the_mesh_is_also_a_glb_that_lands_beside_the_cameras(temple_run):
 
 
 def test_depth_maps_are_colmap_files_with_normals(temple_run):
-    from backend.mvs import read_colmap_array
+    from backend.dense.scene import read_colmap_array
 
     stereo = temple_run / "dense" / "stereo"
     depth_maps = sorted((stereo / "depth_maps").glob("*.photometric.bin"))

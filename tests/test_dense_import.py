@@ -8,8 +8,8 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from blender_addon.importers.points import linear_rgba  # noqa: E402
-from blender_addon.ply_io import read_ply  # noqa: E402
-from blender_addon.results import import_workspace  # noqa: E402
+from blender_addon.shared.ply_io import read_ply  # noqa: E402
+from blender_addon.importers.results import import_workspace  # noqa: E402
 
 
 @pytest.fixture
@@ -82,8 +82,8 @@ def test_the_mesh_is_editable_and_the_edit_undoes(imported):
 
 def test_any_object_can_be_the_region_of_interest():
     """A rotated, scaled cube's bounds become the oriented box the backend crops to."""
-    from backend.roi import Box
-    from blender_addon.roi import object_box
+    from backend.dense.roi import Box
+    from blender_addon.link.roi import object_box
 
     bpy.ops.wm.read_factory_settings(use_empty=True)
     bpy.ops.mesh.primitive_cube_add(size=2.0)

@@ -12,7 +12,7 @@ import pytest
 
 bpy = pytest.importorskip("bpy")
 
-from blender_addon.colmap_io import read_model, write_text_model  # noqa: E402
+from blender_addon.shared.colmap_io import read_model, write_text_model  # noqa: E402
 from blender_addon.importers import (  # noqa: E402
     apply_camera_resolution,
     import_cameras,
@@ -274,7 +274,7 @@ def test_point_cloud_renders_in_its_colors_from_an_imported_camera(tmp_path):
 
 
 def test_import_operator_builds_a_collection_and_reports_errors(tmp_path):
-    from blender_addon import import_colmap
+    from blender_addon.ui import import_colmap
 
     rng = np.random.default_rng(2)
     cameras = {1: CAMERAS["landscape_simple_radial"]}

@@ -12,8 +12,8 @@ import pytest
 bpy = pytest.importorskip("bpy")
 
 from addon_helpers import disable_addon, fresh_blender_with_addon  # noqa: E402
-from backend.evaluate import umeyama  # noqa: E402
-from blender_addon.colmap_io import read_model  # noqa: E402
+from backend.tools.evaluate import umeyama  # noqa: E402
+from blender_addon.shared.colmap_io import read_model  # noqa: E402
 from conftest import CACHE, read_json, run_backend  # noqa: E402
 
 SCENE = CACHE / "synthetic-scene"
@@ -23,7 +23,7 @@ SCENE = CACHE / "synthetic-scene"
 def addon(tmp_path):
     jobs = fresh_blender_with_addon(sys.executable, str(tmp_path / "workspaces"))
     yield jobs
-    from blender_addon.preview_ops import preview_runner
+    from blender_addon.ui.preview_ops import preview_runner
 
     preview_runner.cancel()
     jobs.runner.stop_backend()
@@ -64,7 +64,7 @@ def test_the_true_mesh_seen_through_a_recovered_camera_matches_its_photo(demo_ru
     true textured scene rendered (Cycles) through recovered cameras matches the
     photos at 30 dB or more (measured 31.3 and 33.5 dB); a camera moved by 1% of
     the object's size does not (15.4 dB)."""
-    from blender_addon.previews import PreviewSession, run_to_end
+    from blender_addon.ui.previews import PreviewSession, run_to_end
 
     cameras = _recovered_cameras_in_the_true_scene(demo_run[0] / "workspace")
     shifted = cameras["view_003"].copy()
@@ -117,7 +117,7 @@ def test_previews_from_the_command_line_cover_every_registered_photo(real_run):
     # The sheet is the previews in the metrics' order: 4 per row, thumbnails 480 px wide.
     from PIL import Image
 
-    from blender_addon import preview_math
+    from blender_addon.shared import preview_math
 
     sheet = np.asarray(Image.open(ws / metrics["contact_sheet"]).convert("RGB")) / 255
     first = np.asarray(Image.open(ws / metrics["cameras"][0]["preview"]).convert("RGB")) / 255
@@ -128,7 +128,7 @@ def test_previews_from_the_command_line_cover_every_registered_photo(real_run):
 
 
 def _start(context_cameras=None, engine="WORKBENCH", splats=True, percentage=25):
-    from blender_addon.preview_ops import preview_runner
+    from blender_addon.ui.preview_ops import preview_runner
 
     settings = bpy.context.scene.reconstruct
     settings.preview_engine, settings.preview_splats, settings.preview_percentage = engine, splats, percentage
@@ -138,7 +138,7 @@ def _start(context_cameras=None, engine="WORKBENCH", splats=True, percentage=25)
 def _drive(session, timeout=600):
     import time
 
-    from blender_addon.preview_ops import preview_runner
+    from blender_addon.ui.preview_ops import preview_runner
 
     deadline = time.monotonic() + timeout
     while not session.done:
@@ -148,7 +148,7 @@ def _drive(session, timeout=600):
 
 
 def _import(ws):
-    from blender_addon.results import import_workspace
+    from blender_addon.importers.results import import_workspace
 
     return import_workspace(ws, "fountain", bpy.context.scene)
 
@@ -157,7 +157,7 @@ def test_the_sidebar_renders_previews_scores_cameras_and_lists_them_worst_first(
     """Acceptance 2 and 4 (in Blender): every camera gets mesh and splat scores
     equal to metrics.json; each timer call does at most one render; the list
     is worst first and clicking an entry makes that camera active."""
-    from blender_addon.previews import job_cameras
+    from blender_addon.ui.previews import job_cameras
 
     collection = _import(real_run)
     scene = bpy.context.scene
@@ -185,7 +185,7 @@ def test_the_sidebar_renders_previews_scores_cameras_and_lists_them_worst_first(
 def test_cancelled_previews_stop_before_the_next_render_and_restore_the_scene(real_run, addon):
     """Acceptance 4: Cancel is seen between renders, and leaves the scene and
     the last finished previews as they were."""
-    from blender_addon.preview_ops import preview_runner
+    from blender_addon.ui.preview_ops import preview_runner
 
     from conftest import tree_digest
 
@@ -210,7 +210,7 @@ def test_deleting_faces_changes_the_scores_of_the_cameras_that_saw_them_and_only
     """Acceptance 3: edits count. A patch of the mesh that the first camera
     sees and the last does not is deleted; the cameras that had any of it in
     view score differently, every other camera exactly as before."""
-    from blender_addon.previews import job_cameras
+    from blender_addon.ui.previews import job_cameras
 
     ws = tmp_path / "ws"
     shutil.copytree(real_run, ws, ignore=shutil.ignore_patterns("dense", "splats", "previews"))
@@ -264,7 +264,7 @@ def _project(scene, cam, points):
     `points` in `cam` at its photo's resolution: the intrinsics the previews
     send the backend, through COLMAP's projection."""
     from blender_addon.importers.cameras import apply_camera_resolution
-    from blender_addon.previews import camera_pixels
+    from blender_addon.ui.previews import camera_pixels
     from projection import colmap_project
 
     apply_camera_resolution(scene, cam)
@@ -302,8 +302,8 @@ def test_the_render_camera_is_colmaps_world_to_camera_pose_and_pixel_intrinsics(
     """camera_pixels sends what the backend renders directly: a rotation R and
     t with x_cam = R @ x_world + t (+Z forward), so the point straight ahead
     of the Blender camera projects through K onto the principal point."""
-    from blender_addon.camera_math import blender_matrix_to_colmap
-    from blender_addon.previews import camera_pixels
+    from blender_addon.shared.camera_math import blender_matrix_to_colmap
+    from blender_addon.ui.previews import camera_pixels
 
     scene, cam = _blender_camera()
     c = camera_pixels(scene, cam)
@@ -321,7 +321,7 @@ def test_the_render_camera_is_colmaps_world_to_camera_pose_and_pixel_intrinsics(
 
 
 def test_a_mirrored_camera_is_refused_by_name_before_anything_is_sent():
-    from blender_addon.previews import camera_pixels
+    from blender_addon.ui.previews import camera_pixels
 
     scene, cam = _blender_camera("mirror")
     cam.scale = (1.0, 1.0, -1.0)
@@ -334,8 +334,8 @@ def test_a_24mp_camera_is_scaled_to_the_render_limit_with_its_intrinsics():
     """A 6000 x 4000 photo at 100% is over the backend's 16 MP: fit_render
     asks for the largest size under it, aspect kept, K scaled with the size, so
     every point lands on the same spot of the frame."""
-    from blender_addon import protocol
-    from blender_addon.previews import fit_render
+    from blender_addon.shared import protocol
+    from blender_addon.ui.previews import fit_render
 
     camera = {"R": np.eye(3).tolist(), "t": [0.0, 0.0, 0.0], "width": 6000, "height": 4000,
               "fx": 5100.0, "fy": 5050.0, "cx": 3010.5, "cy": 1990.25}
@@ -365,7 +365,7 @@ def test_a_24mp_camera_is_scaled_to_the_render_limit_with_its_intrinsics():
 def test_resampling_keeps_pixel_centres_aligned():
     """A render made smaller and brought back up to the preview's size: a ramp
     across the frame stays the same ramp (away from the clamped edges)."""
-    from blender_addon.previews import resample
+    from blender_addon.ui.previews import resample
 
     small_w, small_h, w, h = 80, 60, 97, 73
     ramp = ((np.arange(small_w) + 0.5) / small_w)[None, :, None] * np.ones((small_h, 1, 4), np.float32)
@@ -388,7 +388,7 @@ def test_a_splat_render_over_the_limit_comes_back_at_the_previews_size(addon, tm
     render at full size shows."""
     import time
 
-    from blender_addon.preview_ops import BackendSplats
+    from blender_addon.ui.preview_ops import BackendSplats
     from protocol_helpers import write_grey_splats
 
     ws = write_grey_splats(tmp_path / "ws")

@@ -14,7 +14,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from blender_addon import protocol
+from blender_addon.shared import protocol
 from conftest import REPO, read_json
 from protocol_helpers import Backend
 from test_resume import _gone

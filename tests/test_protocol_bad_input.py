@@ -1,7 +1,7 @@
 """A broken or hostile peer on the backend's pipe.
 
 The add-on and `python -m backend serve` talk in length-prefixed msgpack
-frames (blender_addon/protocol.py). Here a peer sends what no add-on should:
+frames (blender_addon/shared/protocol.py). Here a peer sends what no add-on should:
 a header claiming 4 GiB, frames of millions of empty values, arrays that lie
 about their size, a 20000 x 20000 splat render, run requests with options of
 the wrong type. Each time the peer reads an `error` event that names what
@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from blender_addon import protocol
-from blender_addon.client import BackendClient
-from blender_addon.protocol import ErrorCode
+from blender_addon.shared import protocol
+from blender_addon.link.client import BackendClient
+from blender_addon.shared.protocol import ErrorCode
 from conftest import REPO
 from protocol_helpers import Backend, write_grey_splats
 

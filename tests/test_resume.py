@@ -109,8 +109,8 @@ def test_an_option_that_changes_nothing_reruns_nothing(temple, temple_run, tmp_p
 
 def test_sift_upsamples_only_what_sift_sees_small():
     from backend.options import SfmOptions
-    from backend.photos import Photo, PhotoSet
-    from backend.pipeline import choose_first_octave
+    from backend.job.photos import Photo, PhotoSet
+    from backend.job.pipeline import choose_first_octave
 
     def photos(width, height):
         return PhotoSet(Path("."), [Photo(f"{i}.jpg", 1, 1, width, height) for i in range(3)])

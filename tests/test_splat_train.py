@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from blender_addon import protocol
-from blender_addon.camera_math import blender_matrix_to_colmap, colmap_to_blender_matrix
-from blender_addon.colmap_io import read_model
+from blender_addon.shared import protocol
+from blender_addon.shared.camera_math import blender_matrix_to_colmap, colmap_to_blender_matrix
+from blender_addon.shared.colmap_io import read_model
 from conftest import CACHE, read_json, run_backend
 from protocol_helpers import Backend
 
@@ -23,7 +23,7 @@ PHOTOS = CACHE / "synthetic-scene" / "images"
 @pytest.fixture(scope="module")
 def demo_ws(demo_run):
     """The demo's workspace: the synthetic scene through every stage, splats
-    trained with backend.demo.CPU_SPLATS (or the preset on a GPU)."""
+    trained with backend.tools.demo.CPU_SPLATS (or the preset on a GPU)."""
     return demo_run[0] / "workspace"
 
 
@@ -42,7 +42,7 @@ def _camera(fx, fy, cx, cy, width, height):
 
 
 def test_one_splat_renders_as_the_gaussian_formula_says():
-    from backend.splat_raster import rasterize
+    from backend.splats.raster import rasterize
 
     viewmat, K = _camera(100.0, 100.0, 32.0, 24.0, 64, 48)
     means = torch.tensor([[0.0, 0.0, 5.0]])
@@ -59,7 +59,7 @@ def test_one_splat_renders_as_the_gaussian_formula_says():
 
 
 def test_a_near_splat_hides_a_far_one_and_transmittance_is_shared():
-    from backend.splat_raster import rasterize
+    from backend.splats.raster import rasterize
 
     viewmat, K = _camera(100.0, 100.0, 16.0, 16.0, 32, 32)
     means = torch.tensor([[0.0, 0.0, 6.0], [0.0, 0.0, 3.0]])  # the red one is behind
@@ -85,7 +85,7 @@ def _random_splats(n, device, seed=0):
 def _composite_every_pixel(means, quats, scales, opacities, rgb, viewmat, K, width, height):
     """The compositing written the plain way: every splat on every pixel,
     transmittance by a cumulative product, gradients by autograd."""
-    from backend import splat_raster as sr
+    from backend.splats import raster as sr
 
     # The projection written the plain way too: the covariance and the Jacobian as matrices.
     rot = sr.quat_to_rotmat(quats) * scales[:, None, :]
@@ -113,7 +113,7 @@ def _composite_every_pixel(means, quats, scales, opacities, rgb, viewmat, K, wid
 def test_the_rasteriser_gradients_equal_autograd_of_the_plain_formula():
     """Our compositing's hand-written backward (what makes CPU training fast)
     against autograd through the same maths done pixel by pixel."""
-    from backend.splat_raster import rasterize
+    from backend.splats.raster import rasterize
 
     viewmat, K = _camera(60.0, 64.0, 20.3, 15.7, 40, 30)
     g = torch.Generator().manual_seed(3)
@@ -146,7 +146,7 @@ def test_the_rasteriser_gradients_equal_autograd_of_the_plain_formula():
 def test_our_cpu_rasteriser_matches_gsplat():
     from gsplat import rasterization
 
-    from backend.splat_raster import rasterize
+    from backend.splats.raster import rasterize
 
     viewmat, K = _camera(300.0, 310.0, 160.3, 119.7, 320, 240)
     ours = rasterize(*_random_splats(20000, "cpu"), viewmat, K, 320, 240, sh_degree=3)
@@ -158,7 +158,7 @@ def test_our_cpu_rasteriser_matches_gsplat():
 
 
 def test_splats_score_on_held_out_photos(demo_ws):
-    """Acceptance 1: the demo's CPU training (backend.demo.CPU_SPLATS: 800
+    """Acceptance 1: the demo's CPU training (backend.tools.demo.CPU_SPLATS: 800
     steps on the 21 training photos at 128 x 96 px, about 2 minutes on 2
     cores) reaches at least 22 dB on the 3 photos it never saw, every 8th by
     name (measured 22.8 dB, SSIM 0.87)."""
@@ -289,7 +289,7 @@ def test_mcmc_keeps_its_budget_on_the_cpu(temple_undistorted, tmp_path, monkeypa
     (steps 60 and 70 of 100) to the budget of 1300 and stop there."""
     import gsplat.strategy.ops as ops
 
-    from backend import splat_train
+    from backend.splats import train as splat_train
     from backend.options import SplatOptions
 
     gsplat_relocation, gsplat_covar = ops.compute_relocation, ops.quat_scale_to_covar_preci
@@ -318,7 +318,7 @@ def test_relocation_formula_matches_the_paper():
     import gsplat.strategy.ops as ops
     from gsplat.strategy import MCMCStrategy
 
-    from backend.splat_train import _cpu_mcmc_ops
+    from backend.splats.train import _cpu_mcmc_ops
 
     gsplat_relocation = ops.compute_relocation
     binoms = MCMCStrategy().initialize_state()["binoms"]

@@ -10,12 +10,12 @@ import pytest
 plyfile = pytest.importorskip("plyfile")
 bpy = pytest.importorskip("bpy")
 
-from blender_addon.colmap_io import Camera, Image, Model  # noqa: E402
+from blender_addon.shared.colmap_io import Camera, Image, Model  # noqa: E402
 from blender_addon.importers.cameras import import_cameras, make_active_camera  # noqa: E402
 from blender_addon.importers.points import linear_rgba  # noqa: E402
 from blender_addon.importers.splats import import_splats, set_display  # noqa: E402
-from blender_addon.ply_io import PlyError  # noqa: E402
-from blender_addon.splat_ply import SH_C0, Splats, read_splats, write_splats  # noqa: E402
+from blender_addon.shared.ply_io import PlyError  # noqa: E402
+from blender_addon.shared.splat_ply import SH_C0, Splats, read_splats, write_splats  # noqa: E402
 
 STANDARD = (["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2"] + [f"f_rest_{i}" for i in range(45)]
             + ["opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"])

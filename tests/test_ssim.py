@@ -8,8 +8,8 @@ import pytest
 import torch
 from skimage.metrics import structural_similarity
 
-from blender_addon.preview_math import ssim
-from backend.splat_train import ssim as training_ssim
+from blender_addon.shared.preview_math import ssim
+from backend.splats.train import ssim as training_ssim
 
 
 def _pairs():

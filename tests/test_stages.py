@@ -1,4 +1,4 @@
-"""Each stage is declared once (blender_addon/stages.py); the run order, the
+"""Each stage is declared once (blender_addon/shared/stages.py); the run order, the
 command line, the worker's dispatch and the sidebar's switches all come from
 those declarations, so a new stage is one declaration plus its function."""
 from __future__ import annotations
@@ -9,9 +9,9 @@ from dataclasses import fields, replace
 
 import pytest
 
-from blender_addon import stages
-from blender_addon.layout import Layout
-from blender_addon.stages import STAGES, Stage
+from blender_addon.shared import stages
+from blender_addon.shared.layout import Layout
+from blender_addon.shared.stages import STAGES, Stage
 
 
 def test_every_declared_stage_is_complete():
@@ -68,10 +68,10 @@ def with_example_stage(monkeypatch):
 
 
 def test_a_new_stage_is_one_declaration_and_its_function(with_example_stage, tmp_path):
-    from backend import worker
+    from backend.job import worker
     from backend.cli import build_parser
     from backend.options import JobOptions
-    from backend.stage_context import StageContext
+    from backend.job.stage_context import StageContext
 
     # The command line offers it, and asking for it brings what it reads.
     parser = build_parser()
@@ -117,7 +117,7 @@ class _Quiet:
 def test_an_option_reruns_exactly_the_stages_that_declare_it(tmp_path):
     """Hashing on tiny inputs: three generated photos, features only."""
     from backend.options import JobOptions
-    from backend.pipeline import run_job
+    from backend.job.pipeline import run_job
     from conftest import blob_photo
 
     photos = tmp_path / "photos"
@@ -158,3 +158,9 @@ def test_the_sidebar_switches_come_from_the_declarations(with_example_stage, tmp
         assert jobs.requested_stages(settings) == ["undistort", "mesh"]
     finally:
         disable_addon()
+
+
+def test_the_readme_lists_the_stages_as_declared():
+    from conftest import REPO
+
+    assert stages.markdown_table() in (REPO / "README.md").read_text(), stages.markdown_table()

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from backend.synthetic_scene import GENERATOR_VERSION, SceneParams, ensure_scene
+from backend.tools.synthetic_scene import GENERATOR_VERSION, SceneParams, ensure_scene
 
 PARAMS = SceneParams(views=6, width=160, height=120, samples=4)
 

@@ -4,7 +4,6 @@ the disk underneath says which file and what to do (issue 11)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import subprocess
@@ -85,7 +84,7 @@ def test_an_empty_or_relative_workspace_path_is_refused(temple, tmp_path):
     # Over the protocol, a relative path would mean wherever the server happens to run.
     from backend.errors import ReconstructError
     from backend.options import JobOptions
-    from backend.pipeline import run_job
+    from backend.job.pipeline import run_job
 
     for path in ("relative/ws", "", "   "):
         with pytest.raises(ReconstructError) as refused:
@@ -188,7 +187,7 @@ def temple_cameras(temple, tmp_path_factory) -> tuple[Path, Path, subprocess.Com
 def test_mapping_progress_never_counts_more_photos_than_there_are(temple_cameras, tmp_path):
     """The temple falls apart into several models by default; the count used
     to add them up ("registered 48 of 16 photos")."""
-    from backend import sfm
+    from backend.sfm.colmap import colmap as sfm
     from backend.options import SfmOptions
 
     photos, ws, _ = temple_cameras
@@ -238,7 +237,7 @@ def test_progress_counts_read_a_database_whose_path_has_question_marks(tmp_path)
     used to end the path there."""
     import sqlite3
 
-    from backend.worker_client import poll_rows
+    from backend.job.worker_client import poll_rows
 
     database = tmp_path / "job #2? final" / "features.db"
     database.parent.mkdir()
@@ -274,7 +273,7 @@ def test_a_bad_checkpoint_runs_nothing_and_training_starts_over(temple_cameras, 
     import torch
 
     from backend.options import SplatOptions
-    from backend.splat_train import CHECKPOINT, train_splats
+    from backend.splats.train import CHECKPOINT, train_splats
 
     undistorted = temple_cameras[1] / "undistorted"
     photos_before = tree_digest(undistorted)

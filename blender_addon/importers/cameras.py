@@ -14,8 +14,8 @@ import bpy
 import numpy as np
 from mathutils import Matrix
 
-from .. import camera_math
-from ..colmap_io import Model, read_model
+from ..shared import camera_math
+from ..shared.colmap_io import Model, read_model
 
 RESOLUTION_KEY = "reconstruct_resolution"  # (W, H) of the photo, px
 PIXEL_ASPECT_KEY = "reconstruct_pixel_aspect"  # (x, y), Blender's pixel aspect for fx != fy

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
-from ..splat_ply import Splats
+from ..shared.splat_ply import Splats
 from .points import COLOR_ATTRIBUTE, _input_identifier, find_tagged, linear_rgba
 
 NODE_GROUP = MODIFIER = MATERIAL = "Reconstruct Splats"

@@ -1,0 +1,1 @@
+"""Dense geometry: plane-sweep depth maps, fusion, meshing, the region of interest."""

@@ -1,0 +1,355 @@
+"""Multi-view stereo in torch: a depth and a normal map per undistorted image.
+
+pycolmap's PatchMatch needs a CUDA build of COLMAP, which the registry's wheel
+is not, so depth comes from our own coarse-to-fine plane sweep, on CUDA when
+torch has it and on the CPU otherwise:
+
+- source views: the images that share the most sparse points with the
+  reference at a useful triangulation angle (covisibility and baseline);
+- depth range: the sparse points the reference sees, cut by the region of interest;
+- cost: 1 - ZNCC over a window, per source view, with the best half of the
+  sources averaged per pixel (a view where the surface is hidden does not
+  count against it);
+- a full sweep of fronto-parallel planes, uniform in inverse depth, on the
+  coarsest level of an image pyramid; each finer level searches a narrow band
+  around the depth from the level below; a parabola through the costs of the
+  best hypothesis and its neighbours gives sub-plane depth;
+- pixels with too little texture or a poor best cost are left empty. The
+  multi-view geometric consistency filter runs in fusion.py, which needs
+  every depth map.
+
+Depth maps are written in COLMAP's .bin layout (dense/stereo/depth_maps,
+normal_maps), one file per image, atomically: a cancelled run keeps the maps
+it finished and the next run computes only the rest.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+
+from backend.dense.roi import Box
+from backend.dense.scene import Scene, View, load_grey, load_scene, map_paths, write_colmap_array
+from backend.job.device import choose_device, memory_peak
+from backend.options import DenseOptions
+
+if TYPE_CHECKING:
+    from backend.job.stage_context import StageContext
+
+Progress = Callable[[float, str], None]
+
+COARSEST_SIZE = 400  # px: the full plane sweep runs on a pyramid level no larger than this
+MIN_TEXTURE = 0.01  # std of a window's grey values (0..1) below which depth is not estimated
+MAX_COST = 0.5  # best aggregated 1 - ZNCC above which a pixel is left empty
+MAX_ANGLE_DEG = 60.0  # source views seeing the surface more obliquely than this match poorly
+MEMORY_BUDGET = 256 * 2**20  # bytes of cost-volume work per chunk
+
+
+def select_sources(scene: Scene, ref: int, count: int) -> list[int]:
+    """The `count` views that share the most well-triangulated sparse points with `ref`."""
+    mine = scene.visibility[ref]
+    c_ref = scene.views[ref].center
+    scores = []
+    for j, other in enumerate(scene.visibility):
+        if j == ref:
+            continue
+        shared = np.intersect1d(mine, other, assume_unique=True)
+        if len(shared) == 0:
+            continue
+        p = scene.points[shared]
+        a, b = p - c_ref, p - scene.views[j].center
+        cos = np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+        angle = np.degrees(np.arccos(np.clip(cos, -1, 1)))
+        # Tiny baselines give no depth, very wide ones no matches.
+        weight = np.clip(angle / 5.0, 0, 1) * (angle < MAX_ANGLE_DEG)
+        scores.append((float(weight.sum()), j))
+    scores.sort(reverse=True)
+    return [j for score, j in scores[:count] if score > 0]
+
+
+def depth_range(scene: Scene, ref: int, roi: Box | None) -> tuple[float, float] | None:
+    """Depths to search for `ref`: its sparse points' (1st-99th percentile,
+    with a margin) intersected with the region of interest. None when the
+    region is not in front of the camera."""
+    view = scene.views[ref]
+    pts = scene.points[scene.visibility[ref]] if len(scene.visibility[ref]) else scene.points
+    z = (pts @ view.R.T + view.t)[:, 2]
+    z = z[z > 0]
+    if len(z) == 0:
+        return None
+    near, far = np.percentile(z, 1) * 0.8, np.percentile(z, 99) * 1.25
+    if roi is not None:
+        zc = (roi.corners() @ view.R.T + view.t)[:, 2]
+        if zc.max() <= 0:
+            return None
+        near, far = max(near, zc.min()), min(far, zc.max())
+    near = max(near, 1e-6)
+    return (float(near), float(far)) if far > near else None
+
+
+# -- the plane sweep ---------------------------------------------------------
+
+
+def _box(x, r: int):
+    """Mean over (2r+1)^2 windows of x [N, C, H, W], edges replicated.
+    Separable running sums: about 5x faster than avg_pool2d on the CPU, and
+    the row and column sums stay small enough for float32."""
+    import torch.nn.functional as F
+
+    k = 2 * r + 1
+    x = F.pad(x, (r + 1, r, r + 1, r), mode="replicate")
+    c = x.cumsum(-1)
+    x = c[..., k:] - c[..., :-k]
+    c = x.cumsum(-2)
+    return (c[..., k:, :] - c[..., :-k, :]) * (1.0 / (k * k))
+
+
+class _Level:
+    """One pyramid level: grey images, intrinsics and window statistics of the reference."""
+
+    def __init__(self, ref_img, src_imgs, K_ref, K_srcs, radius: int):
+        self.ref, self.srcs, self.K_ref, self.K_srcs, self.radius = ref_img, src_imgs, K_ref, K_srcs, radius
+        x = ref_img[None, None]
+        self.mean = _box(x, radius)[0, 0]
+        self.std = (_box(x * x, radius)[0, 0] - self.mean ** 2).clamp_min(0).sqrt()
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.ref.shape)
+
+
+def _pyramid(ref, srcs, K_ref, K_srcs, radius):
+    import torch.nn.functional as F
+
+    levels = [_Level(ref, srcs, K_ref, K_srcs, radius)]
+    while max(levels[-1].shape) > COARSEST_SIZE:
+        prev = levels[-1]
+        half = lambda img: F.avg_pool2d(img[None, None], 2, ceil_mode=True)[0, 0]
+        scale = np.diag([0.5, 0.5, 1.0])
+        levels.append(_Level(half(prev.ref), [half(s) for s in prev.srcs], scale @ prev.K_ref,
+                             [scale @ K for K in prev.K_srcs], radius))
+    return levels[::-1]  # coarsest first
+
+
+def _costs(level: _Level, rel, inv_depth):
+    """Aggregated cost [D, H, W] of the inverse-depth hypotheses `inv_depth`
+    [D, H, W] (or [D, 1, 1] for planes): per pixel, the mean of the best half
+    of the source views' 1 - ZNCC."""
+    import torch
+    import torch.nn.functional as F
+
+    H, W = level.shape
+    D = inv_depth.shape[0]
+    r = level.radius
+    keep = max(1, math.ceil(len(level.srcs) / 2))
+    best = []  # the `keep` lowest costs so far, in order (torch's topk over a small dim is slow)
+    for src, (A, b) in zip(level.srcs, rel):
+        # Source pixel of each hypothesis: K_s (R X / inv + t) = (A X + b inv) / inv.
+        P = A[:, None] + b[:, None, None, None] * inv_depth[None]  # [3, D, H, W]
+        z = P[2].clamp_min(1e-9)
+        u, v = P[0] / z, P[1] / z
+        Hs, Ws = src.shape
+        ok = (P[2] > 1e-9) & (u >= 0) & (u <= Ws) & (v >= 0) & (v <= Hs)
+        grid = torch.stack([u * (2 / Ws) - 1, v * (2 / Hs) - 1], dim=-1).reshape(1, D * H, W, 2)
+        s = F.grid_sample(src[None, None], grid, mode="bilinear", padding_mode="border",
+                          align_corners=False).reshape(D, 1, H, W)
+        mean_s = _box(s, r)[:, 0]
+        var_s = (_box(s * s, r)[:, 0] - mean_s ** 2).clamp_min(0)
+        ncc = (_box(s * level.ref, r)[:, 0] - mean_s * level.mean) / (var_s.sqrt() * level.std + 1e-6)
+        # Outside the source image, or a flat window there, says nothing.
+        cost = torch.where(ok & (var_s > MIN_TEXTURE ** 2), (1 - ncc).clamp(0, 2), 2.0)
+        for k in range(len(best)):
+            best[k], cost = torch.minimum(best[k], cost), torch.maximum(best[k], cost)
+        if len(best) < keep:
+            best.append(cost)
+    return sum(best) / keep
+
+
+def _relative(level: _Level, view_ref: View, views_src: list[View], torch_device):
+    """Per source: A = K_s R_rel K_ref^-1 [u, v, 1] over the reference pixels
+    [3, H, W], and b = K_s t_rel [3]."""
+    import torch
+
+    H, W = level.shape
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64) + 0.5,
+                          torch.arange(W, dtype=torch.float64) + 0.5, indexing="ij")
+    pix = torch.stack([u, v, torch.ones_like(u)]).reshape(3, -1)
+    rays = torch.from_numpy(np.linalg.inv(level.K_ref)) @ pix  # [3, HW]
+    rel = []
+    for view, K_s in zip(views_src, level.K_srcs):
+        R_rel = view.R @ view_ref.R.T
+        t_rel = view.t - R_rel @ view_ref.t
+        A = (torch.from_numpy(K_s @ R_rel) @ rays).reshape(3, H, W)
+        b = torch.from_numpy(K_s @ t_rel)
+        rel.append((A.float().to(torch_device), b.float().to(torch_device)))
+    return rel
+
+
+def _chunks(D: int, H: int, W: int):
+    per_hypothesis = H * W * 4 * 24  # bytes of intermediates per hypothesis and source
+    step = max(1, min(D, MEMORY_BUDGET // per_hypothesis))
+    return [(i, min(D, i + step)) for i in range(0, D, step)]
+
+
+def _winner(costs, inv, step):
+    """Best hypothesis per pixel with a parabola through its neighbours' costs.
+    costs [D, H, W], inv [D, H, W] (or broadcastable): -> inverse depth, cost, at-border."""
+    import torch
+
+    D = costs.shape[0]
+    best_cost, idx = costs.min(0)
+    inv_full = inv.expand_as(costs)
+    best_inv = inv_full.gather(0, idx[None])[0]
+    lo = costs.gather(0, (idx - 1).clamp(0, D - 1)[None])[0]
+    hi = costs.gather(0, (idx + 1).clamp(0, D - 1)[None])[0]
+    curvature = lo - 2 * best_cost + hi
+    offset = torch.where(curvature > 1e-6, 0.5 * (lo - hi) / curvature.clamp_min(1e-6), torch.zeros_like(lo))
+    at_border = (idx == 0) | (idx == D - 1)
+    return best_inv + offset.clamp(-0.5, 0.5) * step, best_cost, at_border
+
+
+def estimate_depth(ref: np.ndarray, srcs: list[np.ndarray], view_ref: View, views_src: list[View],
+                   near: float, far: float, opts: DenseOptions, device) -> np.ndarray:
+    """Depth [H, W] (0 where unknown) for a reference grey image and its
+    source images (float32, 0..1, at the views' sizes)."""
+    import torch
+    import torch.nn.functional as F
+
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(device)
+    levels = _pyramid(t(ref), [t(s) for s in srcs], view_ref.K, [v.K for v in views_src], opts.window_radius)
+    inv_near, inv_far = 1.0 / near, 1.0 / far
+    inv_depth = None
+    for level in levels:
+        H, W = level.shape
+        rel = _relative(level, view_ref, views_src, device)
+        if inv_depth is None:
+            # Planes two pixels of disparity apart in the widest-baseline source:
+            # a 7 x 7 ZNCC's cost curve is smooth at that scale, the parabola
+            # and the finer levels do the rest.
+            planes = int(np.clip(_disparity_span(level, view_ref, views_src, near, far) / 2, 32, 128))
+            step = (inv_near - inv_far) / (planes - 1)
+            hyp = torch.linspace(inv_far, inv_near, planes, device=device)[:, None, None]
+            volume = torch.cat([_costs(level, rel, hyp[a:b]) for a, b in
+                                _chunks(planes, H, W)])
+            inv_depth, cost, border = _winner(volume, hyp, step)
+        else:
+            step /= 2
+            up = F.interpolate(inv_depth[None, None], size=(H, W), mode="nearest")[0]
+            offsets = torch.arange(-3, 4, device=device, dtype=torch.float32)[:, None, None] * step
+            hyp = (up + offsets).clamp(inv_far * 0.5, inv_near * 2)
+            volume = torch.cat([_costs(level, rel, hyp[a:b]) for a, b in _chunks(7, H, W)])
+            inv_depth, cost, border = _winner(volume, hyp, step)
+    good = (cost < MAX_COST) & ~border & (levels[-1].std > MIN_TEXTURE) & (inv_depth > 0)
+    good &= (inv_depth >= inv_far * 0.999) & (inv_depth <= inv_near * 1.001)
+    return torch.where(good, 1.0 / inv_depth.clamp_min(1e-9), torch.zeros_like(inv_depth)).cpu().numpy()
+
+
+def _disparity_span(level: _Level, view_ref: View, views_src: list[View], near: float, far: float) -> float:
+    """Largest shift (px) of the reference's centre pixel between the near and
+    far depth, over the source views: the sweep's plane count."""
+    H, W = level.shape
+    ray = np.linalg.inv(level.K_ref) @ np.array([W / 2, H / 2, 1.0])
+    span = 0.0
+    for view, K_s in zip(views_src, level.K_srcs):
+        ends = []
+        for d in (near, far):
+            X = view_ref.R.T @ (ray * d - view_ref.t)
+            p = K_s @ (view.R @ X + view.t)
+            ends.append(p[:2] / max(p[2], 1e-9))
+        span = max(span, float(np.linalg.norm(ends[0] - ends[1])))
+    return span
+
+
+def normals_from_depth(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
+    """Camera-frame unit normals [H, W, 3] facing the camera, from the depth
+    map's neighbours (zero where a neighbour is missing)."""
+    H, W = depth.shape
+    v, u = np.mgrid[0:H, 0:W].astype(np.float32) + 0.5
+    Kinv = np.linalg.inv(K).astype(np.float32)
+    X = np.stack([u, v, np.ones_like(u)], -1) @ Kinv.T * depth[..., None]
+    dx = np.zeros_like(X)
+    dy = np.zeros_like(X)
+    dx[:, 1:-1] = X[:, 2:] - X[:, :-2]
+    dy[1:-1] = X[2:] - X[:-2]
+    n = np.cross(dy, dx)
+    valid = depth > 0
+    ok = np.zeros_like(valid)
+    ok[1:-1, 1:-1] = valid[1:-1, 1:-1] & valid[1:-1, 2:] & valid[1:-1, :-2] & valid[2:, 1:-1] & valid[:-2, 1:-1]
+    # Neighbours across a depth edge would give a normal along the edge.
+    ok &= np.abs(dx[..., 2]) + np.abs(dy[..., 2]) < 0.1 * depth
+    norm = np.linalg.norm(n, axis=-1, keepdims=True)
+    n = n / np.maximum(norm, 1e-12)
+    n *= np.where(np.sum(n * X, -1, keepdims=True) > 0, -1, 1)  # face the camera
+    return np.where(ok[..., None], n, 0).astype(np.float32)
+
+
+# -- COLMAP's depth/normal map files --------------------------------------------
+
+
+def resolve_roi(scene: Scene, roi: dict | None) -> Box:
+    return Box.from_dict(roi) if roi else Box.around(scene.points)
+
+
+def run_mvs(undistorted: Path, stereo: Path, opts: DenseOptions, progress: Progress) -> dict:
+    """Depth and normal maps for every view into `stereo` (COLMAP layout),
+    skipping the views whose maps are already there."""
+    import torch
+
+    started = time.perf_counter()
+    torch.set_num_threads(os.cpu_count() or 1)
+    device = choose_device(opts.device)
+    scene = load_scene(undistorted, opts.max_image_size)
+    roi = resolve_roi(scene, opts.roi)
+    for sub in ("depth_maps", "normal_maps"):
+        (stereo / sub).mkdir(parents=True, exist_ok=True)
+    config = {"roi": roi.as_dict(), "views": {}}
+    computed, reused, seconds, grey = [], [], [], {}
+    n = len(scene.views)
+    for i, view in enumerate(scene.views):
+        sources = select_sources(scene, i, opts.num_sources)
+        rng = depth_range(scene, i, roi)
+        config["views"][view.name] = {"sources": [scene.views[j].name for j in sources],
+                                      "depth_range": rng, "scale": view.scale,
+                                      "K": view.K.tolist(), "size": [view.width, view.height]}
+        depth_path, normal_path = map_paths(stereo, view.name)
+        depth_path.parent.mkdir(parents=True, exist_ok=True)
+        normal_path.parent.mkdir(parents=True, exist_ok=True)
+        if depth_path.exists() and normal_path.exists():
+            reused.append(view.name)
+            progress((i + 1) / n, f"{view.name}: kept from the last run")
+            continue
+        tic = time.perf_counter()
+        if rng is None or not sources:
+            depth = np.zeros((view.height, view.width), np.float32)
+        else:
+            for j in [i, *sources]:
+                if j not in grey:
+                    grey[j] = load_grey(scene, scene.views[j])
+            depth = estimate_depth(grey[i], [grey[j] for j in sources], view,
+                                      [scene.views[j] for j in sources], *rng, opts, device)
+        for j in list(grey):  # keep memory bounded: only images near the current one
+            if abs(j - i) > opts.num_sources * 2:
+                del grey[j]
+        write_colmap_array(normal_path, normals_from_depth(depth, view.K))
+        write_colmap_array(depth_path, depth)  # last: its presence means this view is done
+        seconds.append(time.perf_counter() - tic)
+        computed.append(view.name)
+        progress((i + 1) / n, f"depth map {i + 1} of {n} ({view.name}, {seconds[-1]:.1f} s)")
+    (stereo / "mvs.json").write_text(json.dumps(config, indent=1))
+    megapixels = [v.width * v.height / 1e6 for v in scene.views if v.name in computed]
+    return {"num_depth_maps": n, "computed": computed, "reused": reused, "device": device.type,
+            "seconds_per_depth_map": float(np.mean(seconds)) if seconds else None,
+            "seconds_per_megapixel": float(sum(seconds) / sum(megapixels)) if megapixels else None,
+            "size": [max(v.width for v in scene.views), max(v.height for v in scene.views)],
+            "roi": roi.as_dict(), "seconds": time.perf_counter() - started, **memory_peak(device)}
+
+
+def mvs_stage(ctx: "StageContext") -> dict:
+    """The mvs stage (blender_addon/shared/stages.py): depth maps into ctx.out, which
+    keeps the finished ones across a cancel."""
+    return run_mvs(ctx.path("undistort"), ctx.out, ctx.options.dense, ctx.progress)

@@ -1,0 +1,1 @@
+"""Gaussian splats: training, our CPU rasteriser, renders for any camera."""

@@ -1,0 +1,88 @@
+"""Operators: start, cancel, check and set up the backend. Each returns at
+once; the work happens in the backend and the timer in jobs.py."""
+from __future__ import annotations
+
+import sys
+
+import bpy
+
+from . import preferences
+from ..link import setup_backend
+from ..link.jobs import UserError, redraw, runner
+
+
+class RECONSTRUCT_OT_run(bpy.types.Operator):
+    bl_idname = "reconstruct.run"
+    bl_label = "Reconstruct"
+    bl_description = "Reconstruct the photo folder in the background; Blender stays usable meanwhile"
+
+    @classmethod
+    def poll(cls, context):
+        return not runner.running
+
+    def execute(self, context):
+        try:
+            runner.start(context)
+        except UserError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, "Reconstruction started")
+        return {"FINISHED"}
+
+
+class RECONSTRUCT_OT_cancel(bpy.types.Operator):
+    bl_idname = "reconstruct.cancel"
+    bl_label = "Cancel"
+    bl_description = ("Stop the running reconstruction; finished stages are kept in the workspace, and what "
+                      "was already imported stays in the scene")
+
+    @classmethod
+    def poll(cls, context):
+        return runner.running
+
+    def execute(self, context):
+        runner.cancel()
+        return {"FINISHED"}
+
+
+class RECONSTRUCT_OT_check_backend(bpy.types.Operator):
+    bl_idname = "reconstruct.check_backend"
+    bl_label = "Check Backend"
+    bl_description = "Start the backend and report its version and device"
+
+    def execute(self, context):
+        try:
+            runner.ensure_backend(context)
+        except UserError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        return {"FINISHED"}
+
+
+def _redraw_setup() -> float | None:
+    redraw(("PREFERENCES",))
+    return 0.5 if setup_backend.state.running else None
+
+
+class RECONSTRUCT_OT_setup_backend(bpy.types.Operator):
+    bl_idname = "reconstruct.setup_backend"
+    bl_label = "Set Up Backend"
+    bl_description = ("Create a Python environment for the backend and install it there "
+                      "(downloads pycolmap, torch, ...; takes a few minutes)")
+
+    base_python: bpy.props.StringProperty(name="Base Python", description="Python used to create the "
+                                          "environment (default: Blender's own)")
+
+    def execute(self, context):
+        if setup_backend.state.running:
+            self.report({"WARNING"}, "The backend is already being set up")
+            return {"CANCELLED"}
+        setup_backend.start(self.base_python or sys.executable, preferences.managed_venv())
+        if setup_backend.state.error:
+            self.report({"ERROR"}, setup_backend.state.error)
+            return {"CANCELLED"}
+        bpy.app.timers.register(_redraw_setup, first_interval=0.5)
+        return {"FINISHED"}
+
+
+classes = (RECONSTRUCT_OT_run, RECONSTRUCT_OT_cancel, RECONSTRUCT_OT_check_backend, RECONSTRUCT_OT_setup_backend)

@@ -1,0 +1,77 @@
+"""The 'Reconstruct' tab in the 3D view's sidebar."""
+from __future__ import annotations
+
+import time
+
+import bpy
+
+from ..shared import stages
+from ..link.jobs import runner
+from .properties import toggle_property, toggled
+
+_STATE_ICONS = {"IDLE": "BLANK1", "STARTING": "TIME", "RUNNING": "TIME", "IMPORTING": "IMPORT",
+                "DONE": "CHECKMARK", "CANCELLED": "CANCEL", "ERROR": "ERROR"}
+
+
+class RECONSTRUCT_UL_messages(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index):
+        layout.label(text=item.text, icon="ERROR")
+
+
+class VIEW3D_PT_reconstruct(bpy.types.Panel):
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Reconstruct"
+    bl_label = "Reconstruct"
+
+    def draw(self, context):
+        s = context.scene.reconstruct
+        layout = self.layout
+        col = layout.column()
+        col.enabled = not runner.running
+        col.prop(s, "photos_dir")
+        col.prop(s, "job_name")
+        col.prop(s, "start_over")
+        col.prop(s, "quality")
+        box = col.box()
+        box.label(text="Stages")
+        box.label(text="Cameras & Sparse Points (always)", icon="CHECKBOX_HLT")
+        for stage in stages.STAGES:
+            if stage.toggle:
+                box.prop(s, toggle_property(stage))
+        row = col.row()
+        row.active = any(stage.group == "dense" for stage in toggled(s))
+        row.prop(s, "roi_object", icon="CUBE")
+        col.prop(s, "point_size")
+        row = layout.row(align=True)
+        row.scale_y = 1.4
+        row.operator("reconstruct.run", icon="PLAY")
+        row.operator("reconstruct.cancel", icon="CANCEL")
+        self.draw_status(layout, s)
+
+    @staticmethod
+    def draw_status(layout, s) -> None:
+        if s.state == "IDLE":
+            return
+        box = layout.box()
+        end = s.finished or time.time()
+        elapsed = max(0.0, end - s.started) if s.started else 0.0
+        box.label(text=f"{s.state.title()}  {int(elapsed // 60)}:{int(elapsed % 60):02d}", icon=_STATE_ICONS[s.state])
+        if s.state in ("STARTING", "RUNNING", "IMPORTING"):
+            box.progress(factor=s.progress, type="BAR", text=f"{s.stage or 'starting'}: {s.message}"[:80])
+        elif s.message:
+            box.label(text=s.message)
+        if s.error:
+            box.label(text=s.error, icon="ERROR")
+            if s.hint:
+                box.label(text=s.hint, icon="INFO")
+        if s.workspace:
+            box.label(text=f"Workspace: {s.workspace}", icon="FILE_FOLDER")
+        if s.collection:
+            box.label(text=f"Collection: {s.collection}", icon="OUTLINER_COLLECTION")
+        if s.warnings:
+            box.label(text=f"Warnings ({len(s.warnings)})")
+            box.template_list("RECONSTRUCT_UL_messages", "", s, "warnings", s, "warnings_index", rows=3)
+
+
+classes = (RECONSTRUCT_UL_messages, VIEW3D_PT_reconstruct)

@@ -1,0 +1,124 @@
+"""Per-scene settings and job status shown in the sidebar."""
+from __future__ import annotations
+
+import bpy
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty)
+
+QUALITY_ITEMS = [
+    ("fast", "Fast", "Features at 1024 px, 4k per photo; depth at 800 px; 100k-face mesh; splats: 3k steps "
+     "at 800 px: quick previews"),
+    ("balanced", "Balanced", "Features at 2000 px, 8k per photo; depth at 1600 px; 300k-face mesh; splats: 7k "
+     "steps at 1600 px"),
+    ("high", "High", "Features at 3200 px, 16k per photo; depth at 3200 px; 1M-face mesh; splats: 30k steps at "
+     "3200 px: slow, most accurate"),
+]
+STATE_ITEMS = [(s, s.title(), "") for s in ("IDLE", "STARTING", "RUNNING", "IMPORTING", "DONE", "CANCELLED", "ERROR")]
+
+
+class ReconstructMessage(bpy.types.PropertyGroup):
+    code: StringProperty()
+    text: StringProperty()
+
+
+class ReconstructPreviewScore(bpy.types.PropertyGroup):
+    camera: StringProperty()
+    has_mesh: BoolProperty()
+    psnr: FloatProperty()
+    ssim: FloatProperty()
+    has_splats: BoolProperty()
+    splat_psnr: FloatProperty()
+    splat_ssim: FloatProperty()
+
+
+def _score_selected(settings, context):
+    from .preview_ops import on_score_selected
+
+    on_score_selected(settings, context)
+
+
+class ReconstructSettings(bpy.types.PropertyGroup):
+    photos_dir: StringProperty(name="Photos", subtype="DIR_PATH",
+                               description="Folder of photos of one subject (read only, never modified)")
+    job_name: StringProperty(name="Job Name", description="Name of the collection and workspace folder "
+                             "(default: the photo folder's name, with its parent's for folders named "
+                             "images, photos, ...). A workspace made for other photos is never reused: "
+                             "the job gets '<name>-2' instead, unless Start Over is ticked")
+    start_over: BoolProperty(name="Start Over", default=False,
+                             description="Reuse the workspace '<Job Name>' even if it was made for other "
+                                         "photos: its results are removed and made again for these photos "
+                                         "(for the next run only)")
+    quality: EnumProperty(name="Quality", items=QUALITY_ITEMS, default="balanced")
+    roi_object: PointerProperty(name="Region", type=bpy.types.Object,
+                                description="Only reconstruct inside this object's bounding box (any object: "
+                                            "a cube scaled around the subject, an empty, ...). Empty: "
+                                            "the bounds of the sparse points")
+    point_size: FloatProperty(name="Point Size", default=0.01, min=0.0001, soft_max=0.2, precision=4,
+                              description="Radius of the imported points")
+
+    # Previews.
+    preview_engine: EnumProperty(name="Engine", default="WORKBENCH", items=[
+        ("WORKBENCH", "Workbench", "Fast: colours unlit, as the mesh's vertex colours are"),
+        ("EEVEE", "EEVEE", "Materials and lights, real time"),
+        ("CYCLES", "Cycles", "Materials and lights, path traced: slowest, closest to a photo")])
+    preview_percentage: IntProperty(name="Resolution %", default=50, min=5, max=100, subtype="PERCENTAGE",
+                                    description="Preview size relative to each photo's")
+    preview_samples: IntProperty(name="Samples", default=16, min=1, max=4096,
+                                 description="Render samples for EEVEE and Cycles previews")
+    preview_splats: BoolProperty(name="Splats", default=True,
+                                 description="Also render the job's splats (by the backend) from each camera")
+    preview_state: StringProperty()
+    preview_message: StringProperty()
+    preview_progress: FloatProperty(min=0.0, max=1.0, subtype="FACTOR")
+    preview_scores: CollectionProperty(type=ReconstructPreviewScore)
+    preview_index: IntProperty(update=_score_selected)
+    preview_contact_sheet: StringProperty(subtype="FILE_PATH")
+
+    # Status, written by the job timer.
+    state: EnumProperty(items=STATE_ITEMS, default="IDLE")
+    stage: StringProperty()
+    progress: FloatProperty(min=0.0, max=1.0, subtype="FACTOR")
+    message: StringProperty()
+    started: FloatProperty()
+    finished: FloatProperty()
+    error: StringProperty()
+    hint: StringProperty()
+    warnings: CollectionProperty(type=ReconstructMessage)
+    warnings_index: IntProperty()
+    workspace: StringProperty(subtype="DIR_PATH")
+    collection: StringProperty()
+
+
+classes = (ReconstructMessage, ReconstructPreviewScore, ReconstructSettings)
+
+
+def add_stage_toggles() -> None:
+    """A switch per stage that declares one (blender_addon/shared/stages.py):
+    Settings.stage_<toggle>. Called before the classes are registered."""
+    from ..shared import stages
+
+    annotations = ReconstructSettings.__annotations__
+    for name in [n for n in annotations if n.startswith("stage_")]:
+        del annotations[name]
+    for stage in stages.STAGES:
+        if stage.toggle:
+            annotations[toggle_property(stage)] = BoolProperty(
+                name=stage.label, default=True, description=stage.description[:1].upper() + stage.description[1:])
+
+
+def toggle_property(stage) -> str:
+    return f"stage_{stage.toggle}"
+
+
+def toggled(settings) -> list:
+    """The declared stages whose switch is on."""
+    from ..shared import stages
+
+    return [s for s in stages.STAGES if s.toggle and getattr(settings, toggle_property(s), False)]
+
+
+def register() -> None:
+    bpy.types.Scene.reconstruct = PointerProperty(type=ReconstructSettings)
+
+
+def unregister() -> None:
+    del bpy.types.Scene.reconstruct
