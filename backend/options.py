@@ -10,6 +10,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
+from blender_addon.shared.presets import QUALITY_PRESETS
 from blender_addon.shared.stages import NAMES
 from backend.errors import ErrorCode, ReconstructError
 
@@ -114,18 +115,6 @@ class SplatOptions:
     checkpoint_seconds: float = field(default=60.0, metadata={"range": (1.0, 86_400.0)})
     """How often a training run saves a checkpoint it can resume from."""
 
-
-QUALITY_PRESETS: dict[str, dict[str, dict]] = {
-    "fast": {"sfm": {"max_image_size": 1024, "max_num_features": 4096},
-             "dense": {"max_image_size": 800, "face_budget": 100_000},
-             "splats": {"steps": 3000, "max_image_size": 800}},
-    "balanced": {"sfm": {"max_image_size": 2000, "max_num_features": 8192},
-                 "dense": {"max_image_size": 1600, "face_budget": 300_000},
-                 "splats": {"steps": 7000, "max_image_size": 1600}},
-    "high": {"sfm": {"max_image_size": 3200, "max_num_features": 16384},
-             "dense": {"max_image_size": 3200, "face_budget": 1_000_000},
-             "splats": {"steps": 30_000, "max_image_size": 3200}},
-}
 
 # The stages and the option fields each depends on are declared once, in
 # blender_addon/shared/stages.py.

@@ -17,3 +17,10 @@ def backend(*args) -> None:
     """`python -m backend ARGS...` from the repository root, output discarded."""
     subprocess.run([sys.executable, "-m", "backend", *map(str, args)], cwd=REPO, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def write_report(path: Path, lines: list[str]) -> None:
+    """A benchmark's markdown report: written to `path` and printed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
+    print("\n".join(lines))

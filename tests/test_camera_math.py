@@ -7,7 +7,13 @@ Projection checks go through real Blender (bpy): its own viewplane code, via
 import numpy as np
 import pytest
 
-from blender_addon.shared.camera_math import BlenderIntrinsics, blender_matrix_to_colmap, blender_to_intrinsics, colmap_to_blender_matrix, intrinsics_to_blender
+from blender_addon.shared.camera_math import (
+    BlenderIntrinsics,
+    blender_matrix_to_colmap,
+    blender_to_intrinsics,
+    colmap_to_blender_matrix,
+    intrinsics_to_blender,
+)
 from projection import colmap_project, points_in_view, random_rotation
 
 # (width, height, fx, fy, cx, cy)

@@ -2,16 +2,12 @@
 from __future__ import annotations
 
 import bpy
-from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty, StringProperty)
+from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
+                       StringProperty)
 
-QUALITY_ITEMS = [
-    ("fast", "Fast", "Features at 1024 px, 4k per photo; depth at 800 px; 100k-face mesh; splats: 3k steps "
-     "at 800 px: quick previews"),
-    ("balanced", "Balanced", "Features at 2000 px, 8k per photo; depth at 1600 px; 300k-face mesh; splats: 7k "
-     "steps at 1600 px"),
-    ("high", "High", "Features at 3200 px, 16k per photo; depth at 3200 px; 1M-face mesh; splats: 30k steps at "
-     "3200 px: slow, most accurate"),
-]
+from ..shared.presets import QUALITY_PRESETS, describe
+
+QUALITY_ITEMS = [(name, name.title(), describe(name)) for name in QUALITY_PRESETS]
 STATE_ITEMS = [(s, s.title(), "") for s in ("IDLE", "STARTING", "RUNNING", "IMPORTING", "DONE", "CANCELLED", "ERROR")]
 
 
