@@ -297,10 +297,12 @@ def test_a_bad_checkpoint_runs_nothing_and_training_starts_over(temple_cameras, 
     assert tree_digest(undistorted) == photos_before
 
 
-def test_no_module_loads_with_full_unpickling():
+def test_nothing_loads_python_objects_from_a_file():
+    """No module of ours names Python's object serialiser or loads a torch
+    file with weights_only off (the words are split so this file passes too)."""
+    banned = ("pick" + "le", "weights_only=" + "False")
     sources = [p for folder in ("backend", "blender_addon", "tests", "benchmarks") for p in (REPO / folder).rglob("*.py")]
-    offenders = [str(p) for p in sources if "weights_only=" + "False" in p.read_text()
-                 or "import " + "pickle" in p.read_text()]
+    offenders = [str(p) for p in sources for word in banned if word in p.read_text().lower()]
     assert not offenders
 
 

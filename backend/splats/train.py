@@ -395,7 +395,7 @@ TrainingState.KEYS = frozenset(f.name for f in fields(TrainingState))
 
 def load_checkpoint(path: Path, device, warn: Callable[[str, str], None]) -> TrainingState | None:
     """The training state saved at `path`, or None to start over. Loaded with
-    weights_only=True: tensors and plain data only, never pickled objects, so
+    weights_only=True: tensors and plain data only, never arbitrary objects, so
     a checkpoint planted in a shared workspace runs nothing. One that does not
     load (truncated, foreign, or from another version) is set aside with a
     warning, and training starts from the beginning."""

@@ -9,7 +9,7 @@ A frame is a 4-byte big-endian length followed by a msgpack map with a
 "type" key. Numpy arrays travel as {"__ndarray__": True, dtype, shape, data}
 (a plain numeric dtype: bool, int, uint, float, complex; data exactly
 shape's product times the item size). Nothing else is special: no ext
-types, no pickle.
+types, no serialised Python objects.
 
 Limits (checked before anything is allocated)
 ----------------------------------------------
