@@ -368,7 +368,7 @@ def redraw(area_types=("VIEW_3D", "PREFERENCES")) -> None:
     for window in (wm.windows if wm else ()):
         for area in window.screen.areas:
             if area.type in ("VIEW_3D", "PREFERENCES"):
-                area.tagredraw()
+                area.tag_redraw()
 
 
 def unregister() -> None:
