@@ -147,7 +147,7 @@ def test_cancel_during_mvs_returns_within_5s_and_keeps_finished_depth_maps(templ
                      options={"force": "mvs"}, stages=["mesh"])
         while True:  # wait until a few depth maps are done
             event = backend.next()
-            assert event["type"] in (protocol.PROGRESS, protocol.LOG, protocol.WARNING), event
+            assert event["type"] in (protocol.PROGRESS, protocol.LOG, protocol.WARNING, protocol.STAGE_DONE), event
             if event["type"] == protocol.PROGRESS and event["stage"] == "mvs" and event["fraction"] > 0.3:
                 break
         backend.cancel_within("d", seconds=5.0)
