@@ -187,7 +187,7 @@ def temple_cameras(temple, tmp_path_factory) -> tuple[Path, Path, subprocess.Com
 def test_mapping_progress_never_counts_more_photos_than_there_are(temple_cameras, tmp_path):
     """The temple falls apart into several models by default; the count used
     to add them up ("registered 48 of 16 photos")."""
-    from backend.sfm.colmap import colmap as sfm
+    from backend.sfm import colmap as sfm
     from backend.options import SfmOptions
 
     photos, ws, _ = temple_cameras
