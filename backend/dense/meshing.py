@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from blender_addon.shared.layout import MESH_GLB, MESH_PLY
 from backend.errors import ErrorCode, ReconstructError
 from backend.dense.fusion import MIN_DENSE_POINTS
 from backend.job.device import memory_peak
@@ -105,12 +106,12 @@ def mesh_points(fused_ply: Path, out_dir: Path, opts: DenseOptions, roi: Box, pr
     progress(0.9, "colouring")
     vertex_colors = _transfer_colors(tree, colors, vertices, spacing)
     normals = vertex_normals(vertices, faces)
-    ply = out_dir / "mesh.ply"
+    ply = out_dir / MESH_PLY
     write_ply(ply, {"x": vertices[:, 0].astype(np.float32), "y": vertices[:, 1].astype(np.float32),
                     "z": vertices[:, 2].astype(np.float32), "nx": normals[:, 0], "ny": normals[:, 1],
                     "nz": normals[:, 2], "red": vertex_colors[:, 0], "green": vertex_colors[:, 1],
                     "blue": vertex_colors[:, 2]}, faces)
-    _write_glb(out_dir / "mesh.glb", vertices, faces, vertex_colors)
+    _write_glb(out_dir / MESH_GLB, vertices, faces, vertex_colors)
     edges = _boundary_edges(faces)
     return {"num_vertices": int(len(vertices)), "num_faces": int(len(faces)), "poisson_depth": depth,
             "poisson_faces": int(poisson_faces), "trimmed_faces": int(trimmed_faces),

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from blender_addon.shared.layout import UNDISTORTED_IMAGES, UNDISTORTED_MODEL
+
 
 @dataclass
 class View:
@@ -37,7 +39,7 @@ class Scene:
 def load_scene(undistorted: Path, max_image_size: int) -> Scene:
     import pycolmap
 
-    rec = pycolmap.Reconstruction(str(undistorted / "sparse"))
+    rec = pycolmap.Reconstruction(str(undistorted / UNDISTORTED_MODEL))
     point_ids = sorted(rec.points3D)
     index = {pid: i for i, pid in enumerate(point_ids)}
     points = np.array([rec.points3D[p].xyz for p in point_ids], np.float64).reshape(-1, 3)
@@ -94,7 +96,7 @@ def load_rgb(scene: Scene, view: View) -> np.ndarray:
     """[H, W, 3] uint8 at the view's (depth map) size."""
     from PIL import Image
 
-    with Image.open(scene.folder / "images" / view.name) as img:
+    with Image.open(scene.folder / UNDISTORTED_IMAGES / view.name) as img:
         img = img.convert("RGB")
         if img.size != (view.width, view.height):
             img = img.resize((view.width, view.height), Image.LANCZOS)

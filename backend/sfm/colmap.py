@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Callable
 
 import pycolmap
 
+from blender_addon.shared.layout import UNDISTORTED_MODEL
 from backend.errors import ErrorCode, ReconstructError
 from backend.options import SfmOptions
 
@@ -168,7 +169,7 @@ def undistort(model_dir: Path, image_dir: Path, out_dir: Path, opts: SfmOptions)
         options.max_image_size = opts.undistort_max_size
     pycolmap.undistort_images(out_dir, model_dir, image_dir, output_type="COLMAP",
                               undistort_options=options, num_threads=opts.num_threads)
-    rec = pycolmap.Reconstruction(out_dir / "sparse")
+    rec = pycolmap.Reconstruction(out_dir / UNDISTORTED_MODEL)
     return {"num_images": rec.num_reg_images(),
             "max_size": max(max(c.width, c.height) for c in rec.cameras.values())}
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Callable, ClassVar
 
 import numpy as np
 
+from blender_addon.shared.layout import SPLATS_INFO, SPLATS_PLY
 from backend.errors import ErrorCode, ReconstructError
 from backend.options import SplatOptions
 
@@ -461,7 +462,7 @@ def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress:
     first_step_seconds = _train(run, state, checkpoint, progress)
     progress(0.98, "scoring held-out photos")
     scores = _score(run, state)
-    num_splats = _export(state, out_dir / "splats.ply")
+    num_splats = _export(state, out_dir / SPLATS_PLY)
     steps_run = opts.steps - start
     result = {
         "num_splats": num_splats, "steps": opts.steps, "image_size": list(frames[train[0]].size),
@@ -473,7 +474,7 @@ def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress:
         "first_step_seconds": first_step_seconds, "device": str(device),
         "background": state.background.detach().clamp(0, 1).cpu().tolist(), "resumed_from_step": resumed_from,
         **memory_peak(device)}
-    (out_dir / "splats.json").write_text(json.dumps(result, indent=2))
+    (out_dir / SPLATS_INFO).write_text(json.dumps(result, indent=2))
     checkpoint.unlink(missing_ok=True)
     progress(1.0, f"{num_splats} splats" + (f", held-out PSNR {result['psnr']:.2f} dB" if scores else ""))
     return result

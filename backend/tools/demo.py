@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from blender_addon.shared.layout import Layout
 from backend.cli import TerminalEvents
 from backend.tools.evaluate import compare_poses, evaluate_synthetic
 from backend.options import JobOptions
@@ -35,7 +36,7 @@ def run_demo(out: str | Path, quality: str = "balanced", scene: str | Path | Non
     result = run_job(scene_dir / "images", out / "workspace",
                      JobOptions.from_dict({"quality": quality, "splats": splat_options()}), TerminalEvents())
     summary = result.summary
-    errors = compare_poses(out / "workspace" / "sparse" / "model", scene_dir / "gt_colmap")
+    errors = compare_poses(Layout(out / "workspace").model, scene_dir / "gt_colmap")
     geometry = evaluate_synthetic(out / "workspace", scene_dir)
     report = {"registered_images": summary["registered_images"], "total_images": summary["total_images"],
               "mean_reprojection_error": summary["mean_reprojection_error"], "num_points": summary["num_points"],

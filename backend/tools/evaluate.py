@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from blender_addon.shared.layout import Layout
+
 
 @dataclass
 class Similarity:
@@ -183,7 +185,8 @@ def evaluate_synthetic(workspace: Path, scene_dir: Path, margin: float = 0.25) -
     diagonal = float(info["object_bbox"]["diagonal"])
     lo, hi = lo - margin * (hi - lo), hi + margin * (hi - lo)
     inside = lambda p: np.all((p >= lo) & (p <= hi), axis=1)  # noqa: E731
-    sim = align_to_ground_truth(workspace / "sparse" / "model", scene_dir / "gt_colmap")
+    layout = Layout(workspace)
+    sim = align_to_ground_truth(layout.model, scene_dir / "gt_colmap")
     truth = read_ply(scene_dir / "gt_scene.ply")
     truth_v = truth.column("x", "y", "z", dtype=np.float64)
     samples = sample_surface(truth_v, truth.faces, diagonal / 1000)  # spacing 0.1% of the diagonal
@@ -192,11 +195,11 @@ def evaluate_synthetic(workspace: Path, scene_dir: Path, margin: float = 0.25) -
     threshold = 0.01 * diagonal
     report = {"diagonal": diagonal, "threshold": threshold, "region": {"min": lo.tolist(), "max": hi.tolist()},
               "visible_fraction": float(visible.mean())}
-    fused = workspace / "dense" / "fused.ply"
+    fused = layout.fused
     if fused.exists():
         points = sim.apply(read_ply(fused).column("x", "y", "z", dtype=np.float64))
         report["dense"] = dense_scores(points[inside(points)], samples[visible], threshold).as_dict()
-    mesh_ply = workspace / "mesh" / "mesh.ply"
+    mesh_ply = layout.mesh_ply
     if mesh_ply.exists():
         mesh = read_ply(mesh_ply)
         on_mesh = sample_surface(sim.apply(mesh.column("x", "y", "z", dtype=np.float64)), mesh.faces,

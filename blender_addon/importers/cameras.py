@@ -16,6 +16,7 @@ from mathutils import Matrix
 
 from ..shared import camera_math
 from ..shared.colmap_io import Model, read_model
+from ..shared.layout import Layout
 
 RESOLUTION_KEY = "reconstruct_resolution"  # (W, H) of the photo, px
 PIXEL_ASPECT_KEY = "reconstruct_pixel_aspect"  # (x, y), Blender's pixel aspect for fx != fy
@@ -110,11 +111,10 @@ def workspace_model(workspace: Path) -> tuple[Path, Path | None]:
     undistorted model and photos when the workspace has them (Blender can show
     them exactly), else the SfM model with the original photos recorded in
     ``summary.json``."""
-    workspace = Path(workspace)
-    undistorted = workspace / "undistorted"
-    if (undistorted / "sparse").is_dir():
-        return undistorted / "sparse", undistorted / "images"
-    return workspace / "sparse" / "model", workspace_photos(workspace)
+    layout = Layout(workspace)
+    if layout.undistorted_model.is_dir():
+        return layout.undistorted_model, layout.undistorted_images
+    return layout.model, workspace_photos(workspace)
 
 
 def import_workspace_cameras(workspace: Path, collection: bpy.types.Collection) -> list[bpy.types.Object]:
@@ -126,7 +126,7 @@ def import_workspace_cameras(workspace: Path, collection: bpy.types.Collection) 
 def workspace_photos(workspace: Path) -> Path | None:
     """The photo folder a workspace was made from, as its ``summary.json`` records it."""
     try:
-        photos = json.loads((Path(workspace) / "summary.json").read_text()).get("photos")
+        photos = json.loads(Layout(workspace).summary_file.read_text()).get("photos")
     except (OSError, ValueError):
         return None
     return Path(photos) if photos else None

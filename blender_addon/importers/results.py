@@ -28,6 +28,7 @@ from typing import Any
 import bpy
 
 from ..shared.colmap_io import read_model
+from ..shared.layout import Layout
 from .cameras import IMAGE_NAME_KEY, build_cameras, make_active_camera, prepare_cameras, workspace_model
 from .mesh import build_mesh, prepare_mesh, show_vertex_colors_in_solid_view
 from .points import MODIFIER as POINTS_MODIFIER, build_points, prepare_points
@@ -49,15 +50,15 @@ DISPLAY_SPLATS = 300_000
 
 
 def dense_points_file(workspace: Path) -> Path:
-    return Path(workspace) / "dense" / "fused.ply"
+    return Layout(workspace).fused
 
 
 def mesh_file(workspace: Path) -> Path:
-    return Path(workspace) / "mesh" / "mesh.ply"
+    return Layout(workspace).mesh_ply
 
 
 def splats_file(workspace: Path) -> Path:
-    return Path(workspace) / "splats" / "splats.ply"
+    return Layout(workspace).splats_ply
 
 
 @dataclass

@@ -21,6 +21,7 @@ import bpy
 
 from ..ui import preferences
 from ..shared import protocol
+from ..shared.layout import Layout
 from .client import BackendClient, BackendStartError
 from ..shared.protocol import ErrorCode
 from ..ui.properties import toggled
@@ -291,7 +292,7 @@ def workspace_for(root: Path, name: str, photos: Path) -> Path:
 def workspace_photos_recorded(workspace: Path) -> str | None:
     """The photo folder a workspace's job.json records ('' when it cannot be read)."""
     try:
-        return str(json.loads((Path(workspace) / "job.json").read_text()).get("photos") or "")
+        return str(json.loads(Layout(workspace).job_file.read_text()).get("photos") or "")
     except FileNotFoundError:
         return None
     except (OSError, ValueError, AttributeError):

@@ -10,6 +10,10 @@ from . import stages
 
 MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin")
 """A COLMAP binary model: the files a model folder must hold."""
+# Inside a stage's output folder (COLMAP's undistorted layout; ours for the mesh and splats).
+UNDISTORTED_MODEL, UNDISTORTED_IMAGES = "sparse", "images"
+MESH_PLY, MESH_GLB = "mesh.ply", "mesh.glb"
+SPLATS_PLY, SPLATS_INFO = "splats.ply", "splats.json"
 
 
 class Layout:
@@ -33,9 +37,9 @@ class Layout:
     @property
     def undistorted(self) -> Path: return self.output("undistort")
     @property
-    def undistorted_model(self) -> Path: return self.undistorted / "sparse"
+    def undistorted_model(self) -> Path: return self.undistorted / UNDISTORTED_MODEL
     @property
-    def undistorted_images(self) -> Path: return self.undistorted / "images"
+    def undistorted_images(self) -> Path: return self.undistorted / UNDISTORTED_IMAGES
     @property
     def stereo(self) -> Path: return self.output("mvs")
     @property
@@ -43,15 +47,15 @@ class Layout:
     @property
     def mesh_dir(self) -> Path: return self.output("mesh")
     @property
-    def mesh_ply(self) -> Path: return self.mesh_dir / "mesh.ply"
+    def mesh_ply(self) -> Path: return self.mesh_dir / MESH_PLY
     @property
-    def mesh_glb(self) -> Path: return self.mesh_dir / "mesh.glb"
+    def mesh_glb(self) -> Path: return self.mesh_dir / MESH_GLB
     @property
     def splats_dir(self) -> Path: return self.output("splats")
     @property
-    def splats_ply(self) -> Path: return self.splats_dir / "splats.ply"
+    def splats_ply(self) -> Path: return self.splats_dir / SPLATS_PLY
     @property
-    def splats_info(self) -> Path: return self.splats_dir / "splats.json"
+    def splats_info(self) -> Path: return self.splats_dir / SPLATS_INFO
     @property
     def previews_dir(self) -> Path: return self.root / "previews"
     @property
