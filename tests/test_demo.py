@@ -62,5 +62,7 @@ def test_demo_ends_with_previews_of_every_camera(demo):
     report = read_json(out / "report.json")["previews"]
     metrics = read_json(out / "workspace" / "previews" / "metrics.json")
     assert len(metrics["cameras"]) == 24 and report["worst"] == metrics["cameras"][0]
-    assert report["mean"]["mesh"]["psnr"] > 15 and report["mean"]["splats"]["psnr"] > 15
+    # Measured 24.2 (mesh) and 24.3 dB (splats) on 2 CPU cores; a camera off by 1% of the scene
+    # scores about 15 dB (tests/test_previews.py), so 22 dB fails a broken pose with 2 dB to spare.
+    assert report["mean"]["mesh"]["psnr"] > 22 and report["mean"]["splats"]["psnr"] > 22, report["mean"]
     assert (out / "workspace" / "previews" / "contact_sheet.png").is_file()
