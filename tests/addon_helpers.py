@@ -49,3 +49,15 @@ def drive(jobs, until, timeout: float = 600.0) -> None:
 def scene_snapshot() -> tuple:
     return (sorted(o.name for o in bpy.data.objects), sorted(c.name for c in bpy.data.collections),
             sorted(c.name for c in bpy.data.cameras), sorted(m.name for m in bpy.data.meshes))
+
+
+def assert_ticks_short(runner, minimum: int = 1) -> None:
+    """Every timer call that followed a running job (not the ones that built a
+    part's datablocks) was short: at most 20 ms of the main thread's own work,
+    and at most 50 ms of wall time, which also counts waiting for the GIL
+    while the result reader converts arrays (measured at most 9 ms on the Sceaux
+    cloud) and for the CPU, which the backend's processes share on 2 cores."""
+    cpu, wall = runner.tick_cpu, runner.tick_durations
+    assert len(wall) >= minimum and len(cpu) == len(wall)
+    assert max(cpu) < 0.020, f"slowest timer call used {1000 * max(cpu):.1f} ms of CPU"
+    assert max(wall) < 0.050, f"slowest timer call took {1000 * max(wall):.1f} ms"

@@ -57,6 +57,10 @@ class Runner:
         self.ending: tuple[str, dict] | None = None  # the job's end, applied once its imports are built
         self.job_parts: tuple[str, ...] = ()
         self.tick_durations: list[float] = []  # seconds per timer call, for tests and diagnostics
+        # The same calls' own CPU time: the wall time also counts waiting for the
+        # GIL (the result reader's numpy calls) and for the OS (the backend's
+        # processes share the cores).
+        self.tick_cpu: list[float] = []
         # Timer calls that created datablocks: {part, count, seconds (the call), read_seconds (reader thread)}.
         self.import_ticks: list[dict] = []
         self.render_replies: dict = {}  # request id -> RENDER (or ERROR) event, for the previews
@@ -113,6 +117,7 @@ class Runner:
         self.scene_name = context.scene.name
         self.result = self.ending = None
         self.tick_durations = []
+        self.tick_cpu = []
         self.import_ticks = []
         self.job_parts = self.parts()
         self.importer = JobImport(self.scene_name, workspace, workspace.name, self.job_parts,
@@ -236,7 +241,7 @@ class Runner:
             self._end("ERROR", error=message, hint=hint)
 
     def tick(self) -> float | None:
-        started = time.perf_counter()
+        started, cpu = time.perf_counter(), time.thread_time()
         built = None
         try:
             if self.importer is not None and self.importer.ready():
@@ -260,6 +265,7 @@ class Runner:
                                           "read_seconds": built.read_seconds})
             elif self.running or built is not None:
                 self.tick_durations.append(elapsed)
+                self.tick_cpu.append(time.thread_time() - cpu)
 
 
 runner = Runner()
