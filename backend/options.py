@@ -116,9 +116,6 @@ class SplatOptions:
     """How often a training run saves a checkpoint it can resume from."""
 
 
-# The stages and the option fields each depends on are declared once, in
-# blender_addon/shared/stages.py.
-STAGES = NAMES
 
 @dataclass
 class JobOptions:
@@ -164,8 +161,8 @@ class JobOptions:
         if data:
             raise ReconstructError(ErrorCode.BAD_OPTIONS, f"Unknown option(s): {', '.join(sorted(map(str, data)))}.",
                                    "Check the option names against the README.")
-        if force is not None and (not isinstance(force, str) or force not in STAGES):
-            raise _bad("force", force, list(STAGES))
+        if force is not None and (not isinstance(force, str) or force not in NAMES):
+            raise _bad("force", force, list(NAMES))
         _validate(groups["sfm"])
         _validate_dense(groups["dense"])
         _validate_splats(groups["splats"])

@@ -272,7 +272,8 @@ def _folder(msg: dict, key: str, what: str) -> str:
 
 def _check_run(msg: dict) -> dict:
     """A run request's fields, checked; ReconstructError naming the first bad one."""
-    from backend.options import STAGES, JobOptions
+    from backend.options import JobOptions
+    from blender_addon.shared.stages import NAMES as STAGES
 
     photos = _folder(msg, "photos", "run")
     workspace = _folder(msg, "workspace", "run")
