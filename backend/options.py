@@ -16,7 +16,8 @@ from backend.errors import ErrorCode, ReconstructError
 
 Quality = Literal["fast", "balanced", "high"]
 Matcher = Literal["auto", "exhaustive", "sequential", "spatial"]
-Mapper = Literal["incremental", "global"]
+Mapper = Literal["auto", "incremental", "global"]
+Frame = Literal["auto", "colmap"]
 Device = Literal["auto", "cuda", "cpu"]
 """Where a stage runs; one word for every group: auto takes a CUDA GPU when there is one."""
 Upsample = Literal["auto", "always", "never"]
@@ -51,8 +52,17 @@ class SfmOptions:
     matcher: Matcher = "auto"
     """auto: exhaustive for small sets, sequential for video-like frame names,
     spatial for large geotagged sets."""
-    mapper: Mapper = "incremental"
-    """incremental (robust, default) or global (faster on large sets)."""
+    mapper: Mapper = "auto"
+    """auto: incremental first; when it leaves photos out or its focal drifts
+    far from the EXIF prior, a ladder of other attempts (EXIF focal held,
+    relaxed thresholds, the global mapper, merged fragments), keeping the one
+    with the most photos that passes the sanity checks. incremental or
+    global: that one attempt only."""
+    frame: Frame = "auto"
+    """auto: the model is turned upright (+Z up), centred on the subject
+    standing on the ground (Z = 0) and scaled to metres (from GPS when the
+    photos carry it, else a stated heuristic); colmap: COLMAP's own arbitrary
+    frame. sparse/model/frame.json records the transform either way."""
     undistort_max_size: int = field(default=0, metadata={"range": (0, 16384)})
     """Longest side of the undistorted images for the dense stages; 0 = full size."""
     device: Device = "auto"

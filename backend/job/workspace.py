@@ -46,9 +46,10 @@ class Workspace(Layout):
 
     def own_paths(self) -> list[Path]:
         """Every path this workspace may create: all that `start_over` removes."""
-        outputs = [self.stage_output(stage) for stage in NAMES] + [self.previews_dir]
+        outputs = [self.stage_output(stage) for stage in NAMES] + [self.previews_dir, self.upright_photos]
         return ([p.with_name(p.name + suffix) for p in outputs for suffix in ("", *_SIBLINGS)]
-                + [self.summary_file, self.job_file, self.job_file.with_name("job.json.tmp"),
+                + [self.summary_file, self.job_file, self.adjustment_file,
+                   self.adjustment_file.with_name(self.adjustment_file.name + ".tmp"), self.job_file.with_name("job.json.tmp"),
                    self.summary_file.with_name("summary.json.tmp")])
 
     def stage_output(self, stage: str) -> Path:

@@ -6,6 +6,7 @@ plain dicts out (they travel back to the pipeline and into job.json).
 """
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from contextlib import closing
@@ -14,7 +15,9 @@ from typing import TYPE_CHECKING, Callable
 
 import pycolmap
 
-from blender_addon.shared.layout import UNDISTORTED_MODEL
+from blender_addon.shared.layout import COLMAP_FRAME_MODEL, FRAME_FILE, UNDISTORTED_MODEL
+from backend.sfm import ladder
+from backend.sfm.frame import identity as frame_identity, world_frame
 from backend.errors import ErrorCode, ReconstructError
 from backend.options import SfmOptions
 
@@ -102,51 +105,6 @@ def match(database: Path, kind: str, opts: SfmOptions) -> dict:
     return result
 
 
-def map_sparse(database: Path, image_dir: Path, out_dir: Path, opts: SfmOptions, num_images: int,
-               progress: Progress) -> dict:
-    """Incremental or global mapping; the largest model is written to
-    `out_dir` (COLMAP binary). Returns the model's statistics."""
-    scratch = out_dir.parent / (out_dir.name + ".models")
-    scratch.mkdir(parents=True, exist_ok=True)
-    if opts.mapper == "global":
-        options = pycolmap.GlobalPipelineOptions()
-        options.num_threads = opts.num_threads
-        progress(0.0, "global mapping")
-        models = pycolmap.global_mapping(database, image_dir, scratch, options)
-    else:
-        options = pycolmap.IncrementalPipelineOptions()
-        options.num_threads = opts.num_threads
-        # Counted per model: the mapper starts a new model (another initial
-        # pair) when the photos fall apart, and a count over all of them
-        # read "registered 48 of 16 photos".
-        count = {"models": 0, "placed": 0}
-
-        def on_initial_pair() -> None:
-            count["models"] += 1
-            count["placed"] = 2
-            progress(2 / max(2, num_images), "initial pair" if count["models"] == 1 else
-                     f"initial pair of model {count['models']}")
-
-        def on_image() -> None:
-            count["placed"] = min(num_images, count["placed"] + 1)
-            model = f"model {count['models']}: " if count["models"] > 1 else ""
-            progress(count["placed"] / max(1, num_images), f"{model}registered {count['placed']} of {num_images} photos")
-
-        models = pycolmap.incremental_mapping(database, image_dir, scratch, options,
-                                              initial_image_pair_callback=on_initial_pair,
-                                              next_image_callback=on_image)
-    if not models:
-        shutil.rmtree(scratch, ignore_errors=True)
-        return {"num_models": 0}
-    best = max(models.values(), key=lambda r: r.num_reg_images())
-    out_dir.mkdir(parents=True, exist_ok=True)
-    best.write_binary(str(out_dir))
-    shutil.rmtree(scratch, ignore_errors=True)
-    stats = model_stats(best)
-    stats["num_models"] = len(models)
-    return stats
-
-
 def model_stats(rec: "pycolmap.Reconstruction") -> dict:
     registered = sorted(rec.images[i].name for i in rec.reg_image_ids())
     cameras = []
@@ -215,22 +173,46 @@ def mapping_stage(ctx: "StageContext") -> dict:
     sfm, database = ctx.options.sfm, ctx.path("matching")
     with pycolmap.Database.open(database) as db:
         n = db.num_images()
-    result = map_sparse(database, ctx.photos_folder, ctx.out, sfm, n, ctx.progress)
-    if not result["num_models"]:
+    scratch = ctx.out.with_name(ctx.out.name + ".models")
+    registration = ladder.register(database, ctx.photos_folder, scratch, sfm, n, ctx.progress, ctx.log)
+    if registration.model is None:
         verified, matcher = ctx.input["verified_pairs"], ctx.input["matcher"]
         raise ReconstructError(
             ErrorCode.COULD_NOT_RECONSTRUCT,
             f"Could not reconstruct: no consistent 3D model could be built "
-            f"(tried matching: {matcher} on {n} photos, {verified} verified photo pairs; mapper: {sfm.mapper}).",
+            f"(tried matching: {matcher} on {n} photos, {verified} verified photo pairs; "
+            f"{registration.summary_line(n)}).",
             "The photos must show the same subject from overlapping viewpoints (about 60% overlap between "
-            "neighbours) and the subject must not move or reflect much. Add photos, "
-            f"or try --mapper {'incremental' if sfm.mapper == 'global' else 'global'}.",
-            {"verified_pairs": verified, "matcher": matcher, "mapper": sfm.mapper})
+            "neighbours) and the subject must not move or reflect much. Add photos between the existing ones.",
+            {"verified_pairs": verified, "matcher": matcher, "mapper": sfm.mapper,
+             "attempts": [a.as_dict() for a in registration.attempts]})
+    rec = registration.model
+    # The model as registered, in COLMAP's frame, beside the one in ours:
+    # frame.json's transform brings other tools' files made from it along.
+    rec.write_binary(str(_made(ctx.out / COLMAP_FRAME_MODEL)))
+    frame = world_frame(rec, ctx.photos_folder, ctx.photo_names) if sfm.frame == "auto" else \
+        frame_identity("requested: COLMAP's frame")
+    rec.transform(frame.sim3())
+    rec.write_binary(str(ctx.out))
+    (ctx.out / FRAME_FILE).write_text(json.dumps(frame.as_dict(), indent=2, sort_keys=True))
+    result = model_stats(rec)
+    result.update(num_models=registration.num_models, attempts=[a.as_dict() for a in registration.attempts],
+                  registration=registration.summary_line(len(ctx.photo_names)), frame=frame.info)
+    if len(registration.attempts) > 1:
+        ctx.warn("registration_ladder", f"Registration {registration.summary_line(len(ctx.photo_names))}.",
+                 {"attempts": result["attempts"]})
     unregistered = sorted(set(ctx.photo_names) - set(result["registered"]))
     if unregistered:
         ctx.warn("unregistered", f"{len(unregistered)} of {len(ctx.photo_names)} photos could not be placed: "
                  f"{', '.join(unregistered)}.", {"names": unregistered})
+    for note in frame.info.get("warnings", []):
+        ctx.warn("frame", note)
     return result
+
+
+def _made(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def undistort_stage(ctx: "StageContext") -> dict:

@@ -14,6 +14,9 @@ MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin")
 UNDISTORTED_MODEL, UNDISTORTED_IMAGES = "sparse", "images"
 MESH_PLY, MESH_GLB = "mesh.ply", "mesh.glb"
 SPLATS_PLY, SPLATS_INFO = "splats.ply", "splats.json"
+# Inside the mapping stage's output: the world frame (upright, centred, metres)
+# the model was put into, and the same model in COLMAP's own frame.
+FRAME_FILE, COLMAP_FRAME_MODEL = "frame.json", "colmap_frame"
 
 
 class Layout:
@@ -34,6 +37,19 @@ class Layout:
     def database(self) -> Path: return self.output("matching")
     @property
     def model(self) -> Path: return self.output("mapping")
+    @property
+    def frame_file(self) -> Path: return self.model / FRAME_FILE
+    @property
+    def colmap_frame_model(self) -> Path: return self.model / COLMAP_FRAME_MODEL
+    @property
+    def adjustment_file(self) -> Path:
+        """Set Scale / Set Ground in Blender: the similarity the add-on puts on
+        the job's parent empty, kept here so a reimport, rerun or preview keeps it."""
+        return self.root / "adjustment.json"
+    @property
+    def upright_photos(self) -> Path:
+        """Copies of the photos turned as their EXIF Orientation says (the user's files are never changed)."""
+        return self.root / "photos"
     @property
     def undistorted(self) -> Path: return self.output("undistort")
     @property
