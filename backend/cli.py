@@ -124,6 +124,15 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"mean track length {s['mean_track_length']:.2f}")
     if s["unregistered"]:
         print(f"not registered: {', '.join(s['unregistered'])}")
+    registration = s.get("registration") or {}
+    if len(registration.get("attempts", [])) > 1:
+        print(f"registration: {registration['line']}")
+        for a in registration["attempts"]:
+            print(f"  {'kept' if a['kept'] else 'dropped'}: {a['label']}, {a['registered']}/{s['total_images']} "
+                  f"in {a['seconds']:.1f} s ({a['verdict']})")
+    frame = s.get("frame") or {}
+    if frame.get("summary"):
+        print(f"frame: {frame['summary']}")
     dense = s["dense"]
     if dense["dense_points"] is not None:
         print(f"dense: {dense['depth_maps']} depth maps at {dense['depth_map_size'][0]} px, "

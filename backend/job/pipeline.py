@@ -331,6 +331,8 @@ def write_summary(ws: Workspace, job: dict, photos: PhotoSet, matcher: str, firs
         "mean_track_length": mapping.get("mean_track_length"),
         "num_points": mapping.get("num_points"),
         "num_models": mapping.get("num_models"),
+        "registration": {"line": mapping.get("registration"), "attempts": mapping.get("attempts", [])},
+        "frame": mapping.get("frame"),
         "cameras": mapping.get("cameras", []),
         "focal_from_exif": features.get("exif_focal", []),
         "matcher": matcher,
