@@ -1,4 +1,5 @@
-"""Find and check the input photos. Photos are only ever read, never written.
+"""Find and check the input photos. Photos are only ever read, never written
+(photos stored on their side are turned in copies: backend/job/upright.py).
 
 Every image is decoded once (JPEGs at 1/8 scale, which still walks the whole
 compressed stream) so truncated or corrupt files are caught here, named in a
@@ -24,6 +25,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from backend.errors import ErrorCode, ReconstructError
+from backend.job.upright import TURNED_BY_PILLOW, orientation_of, swaps_sides, turn
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp"}
 MIN_PHOTOS = 2
@@ -82,6 +84,9 @@ class Photo:
     """A THUMB_SIZE x THUMB_SIZE grey thumbnail, row by row, as hex: what near-identical photos are found by."""
     digest: str = ""
     """SHA-256 of the file's bytes: what exact copies are found by."""
+    orientation: int = 1
+    """EXIF Orientation (1-8): how the stored pixels are turned for display. width, height and
+    thumb are the displayed photo's; the stages read an upright copy (backend/job/upright.py)."""
 
 
 @dataclass(frozen=True)
@@ -111,7 +116,10 @@ class PhotoSet:
 
     def fingerprint(self) -> list:
         """What the first stage depends on: the folder and each file's identity."""
-        return [str(self.folder), [(p.name, p.size, p.mtime_ns) for p in self.photos]]
+        # A photo's orientation only where it turns (stored on its side): hashes of other sets stay as they were,
+        # and workspaces made before photos were turned upright run their stages again.
+        return [str(self.folder), [(p.name, p.size, p.mtime_ns, *([p.orientation] if p.orientation != 1 else []))
+                                   for p in self.photos]]
 
 
 class _Unsupported(Exception):
@@ -131,9 +139,9 @@ def _sniff(data: bytes) -> str | None:
     return None
 
 
-def _check_image(data: bytes) -> tuple[int, int, bool, str, str]:
-    """Decode a photo's bytes: (width, height, has_gps, camera, thumb). Raises
-    _Unsupported for a format we cannot use, anything else for a broken file."""
+def _check_image(data: bytes) -> tuple[int, int, bool, str, str, int]:
+    """Decode a photo's bytes: (width, height, has_gps, camera, thumb, orientation), the size and
+    thumbnail as displayed. Raises _Unsupported for a format we cannot use, anything else for a broken file."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -154,9 +162,12 @@ def _check_image(data: bytes) -> tuple[int, int, bool, str, str]:
                                            details.get(_FOCAL, ""), details.get(_FOCAL_35MM, "")))
         if im.format in ("JPEG", "MPO"):
             im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+        orientation = orientation_of(exif)  # before load: Pillow's TIFF reader drops the tag as it turns
         im.load()
-        thumb = _thumbnail(im)
-    return width, height, has_gps, camera.strip("|"), thumb
+        thumb = _thumbnail(turn(im, orientation))
+        if swaps_sides(orientation) and im.format not in TURNED_BY_PILLOW:
+            width, height = height, width
+    return width, height, has_gps, camera.strip("|"), thumb, orientation
 
 
 def _thumbnail(im) -> str:
@@ -305,7 +316,8 @@ def scan_photos(folder: str | os.PathLike, cache: dict | None = None) -> PhotoSe
             continue
         cached = cache.get(name)
         if (isinstance(cached, dict) and cached.keys() == _PHOTO_FIELDS and cached["size"] == stat.st_size
-                and cached["mtime_ns"] == stat.st_mtime_ns and _valid_thumb(cached["thumb"])):
+                and cached["mtime_ns"] == stat.st_mtime_ns and _valid_thumb(cached["thumb"])
+                and cached["orientation"] in range(1, 9)):
             photos.append(Photo(**cached))
             continue
         try:
@@ -314,7 +326,7 @@ def scan_photos(folder: str | os.PathLike, cache: dict | None = None) -> PhotoSe
             skip(name, _os_reason(exc, entry.path), "os")
             continue
         try:
-            width, height, has_gps, camera, thumb = _check_image(data)
+            width, height, has_gps, camera, thumb, orientation = _check_image(data)
         except _Unsupported as exc:
             skip(name, _unsupported_reason(exc.kind, name), exc.kind)
             continue
@@ -322,7 +334,7 @@ def scan_photos(folder: str | os.PathLike, cache: dict | None = None) -> PhotoSe
             skip(name, f"unreadable or corrupt image ({exc})", "corrupt")
             continue
         photos.append(Photo(name, stat.st_size, stat.st_mtime_ns, width, height, has_gps, camera, thumb,
-                            hashlib.sha256(data).hexdigest()))
+                            hashlib.sha256(data).hexdigest(), orientation))
     with_photos = {name: n for name, n in subfolders.items() if n}
     if not photos:
         raise _no_photos(folder, skipped, kinds, subfolders, with_photos)
@@ -533,7 +545,8 @@ def _duplicates(folder: Path, photos: list[Photo], skipped: list[Skipped]
 
 
 def one_camera(photos: PhotoSet) -> bool:
-    """Whether every photo looks like it came from the same camera and zoom."""
+    """Whether every photo looks like it came from the same camera and zoom (sizes as displayed:
+    a portrait and a landscape shot of one camera are two cameras to COLMAP, which reads the upright copies)."""
     return len({(p.width, p.height, p.camera) for p in photos.photos}) == 1
 
 

@@ -26,6 +26,7 @@ from backend.job.device import package_versions
 from backend.errors import Cancelled, ErrorCode, ReconstructError, file_error
 from backend.options import JobOptions, SfmOptions
 from backend.job.photos import PhotoSet, looks_like_video_frames, one_camera, resolve_photo_folder, scan_photos
+from backend.job.upright import stage_photo_folder
 from backend.job.stage_context import StageContext
 from backend.job.worker_client import Worker
 from backend.job.workspace import Workspace, stable_hash, write_json_atomic
@@ -196,6 +197,7 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
     # Each stage's identity: its input hash and when it last finished.
     identity = {None: stable_hash(photos.fingerprint())}
     ran: list[str] = []
+    stage_photos = None
     for stage in run_stages:
         spec = STAGE[stage]
         group = getattr(options, spec.group)
@@ -212,6 +214,11 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
             identity[stage] = stable_hash(digest, record["finished"])
             events.stage_done(stage, ws.stage_artifacts(stage))
             continue
+        if stage_photos is None:  # the first stage that runs: photos stored on their side turned upright
+            try:
+                stage_photos = stage_photo_folder(photos, ws.upright_photos, cancel.is_set, events.log)
+            except OSError as exc:
+                raise file_error(exc, "turning photos stored on their side upright") from None
         if cancel.is_set():
             raise Cancelled()
         if stage in forced:
@@ -224,7 +231,7 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
         try:
             try:
                 out = ws.partial_for(output, digest) if spec.kind == "partial" else ws.temp_for(output)
-                ctx = StageContext(stage, ws, photos.folder, photos.names, options, decided.get(stage, {}),
+                ctx = StageContext(stage, ws, stage_photos, photos.names, options, decided.get(stage, {}),
                                    job["stages"].get(spec.reads, {}).get("result", {}) if spec.reads else {}, out)
                 result = worker.call(ctx.to_plain(), events=events, cancel=cancel)
                 if spec.kind == "partial":
