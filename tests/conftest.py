@@ -94,6 +94,38 @@ def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     return out, proc
 
 
+def _scene(name: str, preset: str) -> Path:
+    """A synthetic scene for issue 13's hard captures, rendered once into CACHE / name (about
+    a minute each on one core) and reused while its params and generator version match."""
+    from backend.tools import synthetic_scene
+
+    return synthetic_scene.ensure_scene(CACHE / name, getattr(synthetic_scene, f"{preset}_params")())
+
+
+@pytest.fixture(scope="session")
+def street_scene() -> Path:
+    """A phone's forward walk (22 JPEGs with EXIF focal and GPS, 512x384, 40 m, true focal 384 px)."""
+    return _scene("street", "street")
+
+
+@pytest.fixture(scope="session")
+def lowtex_scene() -> Path:
+    """A smooth, sparsely marked object on a dark backdrop: 16 JPEGs on one ring, ~235 SIFT features each (median)."""
+    return _scene("lowtex", "lowtex")
+
+
+@pytest.fixture(scope="session")
+def portrait_scene() -> Path:
+    """The object scene in portrait: 24 JPEGs stored landscape with EXIF Orientation 6 and 8 alternating."""
+    return _scene("portrait", "portrait")
+
+
+@pytest.fixture(scope="session")
+def hemisphere_scene() -> Path:
+    """The object scene with 24 cameras spread over the hemisphere, the first straight overhead."""
+    return _scene("hemisphere", "hemisphere")
+
+
 def blob_photo(seed: int, size=(480, 360)):
     """A smooth random colour pattern (a PIL image): plenty of SIFT features,
     but no two seeds show the same thing."""

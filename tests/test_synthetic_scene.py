@@ -99,3 +99,117 @@ def test_ensure_scene_reuses_a_matching_scene(scene_dir):
     stamp = (scene_dir / "scene.json").stat().st_mtime_ns
     assert ensure_scene(scene_dir, PARAMS) == scene_dir
     assert (scene_dir / "scene.json").stat().st_mtime_ns == stamp
+
+
+# ---------------------------------------------------------------------------------------
+# The scene kinds for hard captures (issue 13): photos as a phone stores them.
+
+from backend.tools.synthetic_scene import (  # noqa: E402
+    _scene_matches,
+    focal_35mm,
+    gps_to_enu,
+    hemisphere_params,
+    portrait_params,
+    street_params,
+)
+
+STREET = street_params(views=4, width=128, height=96, samples=2)
+PORTRAIT = portrait_params(views=4, width=96, height=128, samples=2)
+HEMISPHERE = hemisphere_params(views=5, width=128, height=96, samples=2)
+
+
+@pytest.fixture(scope="module")
+def small_street(tmp_path_factory):
+    return ensure_scene(tmp_path_factory.mktemp("street") / "scene", STREET)
+
+
+@pytest.fixture(scope="module")
+def small_portrait(tmp_path_factory):
+    return ensure_scene(tmp_path_factory.mktemp("portrait") / "scene", PORTRAIT)
+
+
+def gt_centres(rec) -> dict[str, np.ndarray]:
+    return {im.name: im.projection_center() for im in rec.images.values()}
+
+
+def exif_gps(exif) -> np.ndarray:
+    gps = exif.get_ifd(0x8825)
+
+    def degrees(dms, ref):
+        d, m, s = (float(v) for v in dms)
+        return (d + m / 60 + s / 3600) * (-1 if ref in ("S", "W") else 1)
+
+    alt = float(gps[6]) * (-1 if gps.get(5) == b"\x01" else 1)
+    return np.array([degrees(gps[2], gps[1]), degrees(gps[4], gps[3]), alt])
+
+
+def test_street_photos_carry_exif_focal_and_gps_that_match_the_ground_truth(small_street):
+    from PIL import Image
+
+    info = json.loads((small_street / "scene.json").read_text())
+    assert (info["kind"], info["units"], info["up"]) == ("street", "m", [0.0, 0.0, 1.0])
+    rec = read_gt(small_street)
+    (camera,) = rec.cameras.values()
+    fx = camera.params[0]
+    # The mm focal on the sensor, and the 35 mm-equivalent by the diagonal, give the GT focal in pixels.
+    np.testing.assert_allclose(fx, STREET.lens * STREET.width / STREET.sensor_width, rtol=1e-6)
+    assert abs(focal_35mm(STREET) - 26) < 0.1
+    centres = gt_centres(rec)
+    for name in info["cameras"]:
+        photo = Image.open(small_street / "images" / f"{name}.jpg")
+        assert photo.format == "JPEG" and photo.size == (STREET.width, STREET.height)
+        exif = photo.getexif()
+        details = exif.get_ifd(0x8769)
+        assert exif[0x0112] == 1
+        assert float(details[0x920A]) == pytest.approx(STREET.lens)
+        assert details[0xA405] == info["exif"]["focal_35mm"] == 26
+        diagonal_px = np.hypot(STREET.width, STREET.height)
+        assert details[0xA405] / np.hypot(36, 24) * diagonal_px == pytest.approx(fx, rel=0.01)
+        enu = gps_to_enu(exif_gps(exif), info["gps_origin"])
+        np.testing.assert_allclose(enu, centres[f"{name}.jpg"], atol=0.01)  # the EXIF rounds to ~3 mm
+
+    # A walk north at eye height, looking roughly forward (+Y).
+    track = np.array([centres[f"{n}.jpg"] for n in info["cameras"]])
+    assert np.all(np.diff(track[:, 1]) > 0.5) and np.all(np.abs(track[:, 2] - 1.6) < 0.15)
+    assert info["track_length"] == pytest.approx(np.linalg.norm(np.diff(track, axis=0), axis=1).sum(), rel=1e-6)
+    for image in rec.images.values():
+        forward = image.cam_from_world().rotation.matrix()[2]  # the camera's +Z in the world
+        assert forward[1] > 0.9, f"{image.name} should look down the street"
+
+
+def test_portrait_photos_are_stored_turned_with_an_orientation_tag_that_shows_them_upright(small_portrait):
+    from PIL import Image, ImageOps
+
+    info = json.loads((small_portrait / "scene.json").read_text())
+    rec = read_gt(small_portrait)
+    (camera,) = rec.cameras.values()
+    assert (camera.width, camera.height) == (PORTRAIT.width, PORTRAIT.height)  # as displayed
+    tags = [info["orientations"][f"{n}.jpg"] for n in info["cameras"]]
+    assert tags == [6, 8, 6, 8]
+    for name, tag in zip(info["cameras"], tags):
+        photo = Image.open(small_portrait / "images" / f"{name}.jpg")
+        assert photo.size == (PORTRAIT.height, PORTRAIT.width), "stored as the sensor saw it: landscape"
+        assert photo.getexif()[0x0112] == tag
+        shown = np.asarray(ImageOps.exif_transpose(photo).convert("L"), np.float32)
+        assert shown.shape == (camera.height, camera.width)
+        # Upright: the plain grey sky (0.5 linear, 188 in sRGB) along the top, the ground along the bottom.
+        sky = np.abs(shown - 188) < 8
+        assert sky[:4].mean() > sky[-4:].mean() + 0.3, f"{name} (tag {tag}) is not shown upright"
+        mask = np.asarray(Image.open(small_portrait / "masks" / f"{name}.png"))
+        assert mask.shape == shown.shape
+
+
+def test_hemisphere_cameras_reach_from_low_to_overhead(tmp_path):
+    scene = ensure_scene(tmp_path / "scene", HEMISPHERE)
+    rec = read_gt(scene)
+    centres = np.array(list(gt_centres(rec).values()))
+    elevation = np.degrees(np.arcsin(centres[:, 2] / np.linalg.norm(centres, axis=1)))
+    assert elevation.max() > 85 and elevation.min() < 15
+    np.testing.assert_allclose(np.linalg.norm(centres, axis=1), HEMISPHERE.distance, rtol=1e-6)
+
+
+def test_a_scene_from_before_the_new_fields_still_matches_its_params(tmp_path):
+    (tmp_path / "scene.json").write_text(json.dumps({"generator_version": GENERATOR_VERSION, "params": {
+        "views": 24, "width": 640, "height": 480, "samples": 16, "seed": 0, "lens": 50.0, "distance": 4.5}}))
+    assert _scene_matches(tmp_path, SceneParams())
+    assert not _scene_matches(tmp_path, SceneParams(portrait=True, width=480, height=640))
