@@ -7,18 +7,18 @@ imported in register().
 
 
 def _modules():
-    from .ui import import_colmap, operators, panels, preview_ops, preferences, properties
+    from .ui import frame_ops, import_colmap, operators, panels, preview_ops, preferences, properties
     from .link import jobs
     from .importers import cameras
 
-    return properties, preferences, cameras, operators, import_colmap, panels, preview_ops, jobs
+    return properties, preferences, cameras, operators, frame_ops, import_colmap, panels, preview_ops, jobs
 
 
 def register() -> None:
     import bpy
 
     from .ui import import_colmap, properties
-    from .importers import cameras
+    from .importers import cameras, frame
 
     properties.add_stage_toggles()
     for module in _modules():
@@ -27,6 +27,7 @@ def register() -> None:
     properties.register()
     bpy.types.TOPBAR_MT_file_import.append(import_colmap.menu_func_import)
     bpy.app.handlers.depsgraph_update_post.append(cameras.sync_active_camera_resolution)
+    frame.register_handlers()  # undo/redo keeps adjustment.json matching the job's parent empty
 
 
 def unregister() -> None:
@@ -34,8 +35,9 @@ def unregister() -> None:
 
     from .ui import import_colmap, preview_ops, properties
     from .link import jobs
-    from .importers import cameras
+    from .importers import cameras, frame
 
+    frame.unregister_handlers()
     preview_ops.unregister()
     jobs.unregister()
     if cameras.sync_active_camera_resolution in bpy.app.handlers.depsgraph_update_post:

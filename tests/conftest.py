@@ -69,6 +69,15 @@ def copy_photos(src: Path, dst: Path, names: list[str] | None = None) -> Path:
 
 
 @pytest.fixture(scope="session")
+def sceaux_run(tmp_path_factory) -> Path:
+    """Sceaux Castle (EXIF focal on every photo) through mapping, SIFT at 1000 px."""
+    ws = tmp_path_factory.mktemp("sceaux") / "ws"
+    run_backend("run", dataset("sceaux_castle") / "images", "--workspace", ws, "--max-image-size", "1000",
+                "--stages", "mapping", check=True)
+    return ws
+
+
+@pytest.fixture(scope="session")
 def fountain() -> Path:
     return dataset("strecha_fountain_p11")
 

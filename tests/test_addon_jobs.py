@@ -57,8 +57,14 @@ def _finish(jobs, settings, timeout=600.0):
 def _parts(collection) -> dict[str, list]:
     from blender_addon.importers.results import part_of
 
+    from blender_addon.importers.frame import job_origin
+
     out: dict[str, list] = {}
+    origin = job_origin(collection)
     for obj in collection.all_objects:
+        if obj is origin:
+            continue  # the job's one parent empty (Set Scale / Set Ground move it)
+        assert obj.parent == origin, f"{obj.name} is not under the job's origin"
         out.setdefault(part_of(obj), []).append(obj)
     return out
 

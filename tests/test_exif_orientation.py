@@ -119,18 +119,8 @@ def _on_its_side(src: Path, dst: Path) -> None:
 CHEAP = ("--max-image-size", "1000")
 
 
-@pytest.fixture(scope="module")
-def sceaux_originals_run(tmp_path_factory) -> Path:
-    """The Sceaux photos as they are, through mapping: the poses the turned copies must give.
-    (The same run as tests/test_datasets.py's Sceaux test: a shared conftest fixture could serve both.)"""
-    ws = tmp_path_factory.mktemp("sceaux") / "ws"
-    run_backend("run", dataset("sceaux_castle") / "images", "--workspace", ws, *CHEAP, "--stages", "mapping",
-                check=True)
-    return ws
-
-
-def test_sceaux_stored_on_its_side_registers_as_displayed_and_imports_upright(tmp_path, sceaux_originals_run):
-    sceaux, ws0 = dataset("sceaux_castle") / "images", sceaux_originals_run
+def test_sceaux_stored_on_its_side_registers_as_displayed_and_imports_upright(tmp_path, sceaux_run):
+    sceaux, ws0 = dataset("sceaux_castle") / "images", sceaux_run
     names = sorted(os.listdir(sceaux))
     sideways = tmp_path / "sideways"
     sideways.mkdir()

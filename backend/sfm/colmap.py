@@ -66,6 +66,12 @@ def extract_features(database: Path, image_dir: Path, names: list[str], opts: Sf
     extraction.sift.max_num_features = opts.max_num_features
     extraction.sift.first_octave = first_octave
     extraction.use_gpu = _device(opts) == pycolmap.Device.cuda
+    # Photos get their database ids in name order, not in the order parallel
+    # extraction finishes them: the ids order the mapper's choices, and a run
+    # must give the same model from the same photos.
+    pycolmap.Database.open(database).close()
+    pycolmap.import_images(database, image_dir, camera_mode=getattr(pycolmap.CameraMode, camera_mode),
+                           image_names=names, options=reader)
     pycolmap.extract_features(
         database, image_dir, image_names=names,
         camera_mode=getattr(pycolmap.CameraMode, camera_mode),
@@ -87,7 +93,9 @@ def match(database: Path, kind: str, opts: SfmOptions) -> dict:
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = opts.num_threads
     matching.use_gpu = _device(opts) == pycolmap.Device.cuda
-    common = dict(matching_options=matching, device=_device(opts))
+    verification = pycolmap.TwoViewGeometryOptions()
+    verification.ransac.random_seed = 0  # seeded from the clock otherwise: the same photos, another model
+    common = dict(matching_options=matching, verification_options=verification, device=_device(opts))
     if kind == "exhaustive":
         pycolmap.match_exhaustive(database, **common)
     elif kind == "sequential":

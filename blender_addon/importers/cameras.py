@@ -124,9 +124,13 @@ def import_workspace_cameras(workspace: Path, collection: bpy.types.Collection) 
 
 
 def workspace_photos(workspace: Path) -> Path | None:
-    """The photo folder a workspace was made from, as its ``summary.json`` records it."""
+    """The photos a workspace's SfM cameras saw: its upright copies when some photos are
+    stored on their side (EXIF Orientation), else the photo folder its ``summary.json`` records."""
+    layout = Layout(workspace)
+    if layout.upright_photos.is_dir():  # there only while some photo needs turning
+        return layout.upright_photos
     try:
-        photos = json.loads(Layout(workspace).summary_file.read_text()).get("photos")
+        photos = json.loads(layout.summary_file.read_text()).get("photos")
     except (OSError, ValueError):
         return None
     return Path(photos) if photos else None

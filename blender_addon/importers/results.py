@@ -30,6 +30,7 @@ import bpy
 from ..shared.colmap_io import read_model
 from ..shared.layout import Layout
 from .cameras import IMAGE_NAME_KEY, build_cameras, make_active_camera, prepare_cameras, workspace_model
+from .frame import job_origin, parent_to_origin
 from .mesh import build_mesh, prepare_mesh, show_vertex_colors_in_solid_view
 from .points import MODIFIER as POINTS_MODIFIER, build_points, prepare_points
 from .splats import MODIFIER as SPLATS_MODIFIER, build_splats, prepare_splats
@@ -211,6 +212,11 @@ def build_part(item: Prepared, collection, name: str, scene, point_size: float =
         raise
     for obj in new:
         obj[PART_KEY] = item.part
+    # Everything of the job hangs under one empty (placed as adjustment.json says) so
+    # Set Scale / Set Ground move it all at once; local coordinates stay the workspace's.
+    # Parts imported before the job had an origin (older files) are gathered under it too.
+    origin = job_origin(collection, create=True)
+    parent_to_origin([*new, *(o for o in collection.objects if o.parent is None and part_of(o))], origin)
     if item.part == "cameras":
         _keep_active_camera(scene, old, new)
     remove_objects(old)

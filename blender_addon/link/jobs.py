@@ -111,7 +111,7 @@ class Runner:
         # Start Over: this very workspace, for these photos, whatever it was made for.
         workspace = root / name if start_over else workspace_for(root, name, photos_path)
         prefs = preferences.get(context)
-        dense = dense_options(settings, prefs.device)  # a bad region is refused before anything starts
+        dense = dense_options(settings, prefs.device, workspace)  # a bad region is refused before anything starts
         client = self.ensure_backend(context)
         self.job_id = uuid.uuid4().hex[:12]
         self.scene_name = context.scene.name
@@ -343,13 +343,17 @@ def requested_stages(settings) -> list[str]:
     return ["undistort", *(stage.name for stage in toggled(settings))]
 
 
-def dense_options(settings, device: str) -> dict:
+def dense_options(settings, device: str, workspace: Path | None = None) -> dict:
+    """The dense stages' options; the region, if any, in `workspace`'s frame (the
+    backend's), whatever Set Scale / Set Ground did to the job in Blender."""
     options = {"device": device}
     if settings.roi_object is not None:
+        from ..importers.frame import origin_for_workspace, to_workspace
         from .roi import object_box
 
+        origin = origin_for_workspace(workspace) if workspace is not None else None
         try:
-            options["roi"] = object_box(settings.roi_object)
+            options["roi"] = object_box(settings.roi_object, to_workspace(origin))
         except ValueError as exc:
             raise UserError(str(exc)) from None
     return options

@@ -7,6 +7,7 @@ import bpy
 
 from ..shared import stages
 from ..link.jobs import runner
+from . import frame_ops
 from .properties import toggle_property, toggled
 
 _STATE_ICONS = {"IDLE": "BLANK1", "STARTING": "TIME", "RUNNING": "TIME", "IMPORTING": "IMPORT",
@@ -48,6 +49,7 @@ class VIEW3D_PT_reconstruct(bpy.types.Panel):
         row.operator("reconstruct.run", icon="PLAY")
         row.operator("reconstruct.cancel", icon="CANCEL")
         self.draw_status(layout, s)
+        frame_ops.draw(layout, context)  # Set Scale / Set Ground for the active object's job
 
     @staticmethod
     def draw_status(layout, s) -> None:

@@ -84,7 +84,11 @@ def camera_pixels(scene, cam: bpy.types.Object) -> dict:
     fx, fy, cx, cy = blender_to_intrinsics(BlenderIntrinsics(
         data.lens, data.sensor_width, data.sensor_height, data.sensor_fit, data.shift_x, data.shift_y,
         width, height, r.pixel_aspect_x, r.pixel_aspect_y))
-    matrix = np.array(cam.matrix_world, np.float64)
+    # The backend renders the splats in the workspace frame: the camera's pose
+    # relative to the job's parent empty (Set Scale / Set Ground move only that).
+    from ..importers.frame import origin_of, to_workspace
+
+    matrix = to_workspace(origin_of(cam.parent)) @ np.array(cam.matrix_world, np.float64)
     if np.linalg.svd(matrix[:3, :3], compute_uv=False).min() <= 1e-12 * max(1.0, np.abs(matrix[:3, :3]).max()):
         raise ValueError(f"camera {cam.name} has a zero scale: it has no direction to look in")
     try:
