@@ -66,3 +66,31 @@ def test_demo_ends_with_previews_of_every_camera(demo):
     # scores about 15 dB (tests/test_previews.py), so 22 dB fails a broken pose with 2 dB to spare.
     assert report["mean"]["mesh"]["psnr"] > 22 and report["mean"]["splats"]["psnr"] > 22, report["mean"]
     assert (out / "workspace" / "previews" / "contact_sheet.png").is_file()
+
+
+def test_demo_lands_upright_with_the_object_at_the_origin_on_the_ground(demo):
+    """The ring of cameras around the object: +Z within 1 degree of the truth's up
+    after a similarity alignment, and the origin on the ground under the object's
+    centre within 5% of its size. (No GPS: the scale is a stated guess.)"""
+    import math
+
+    import numpy as np
+
+    from backend.tools.evaluate import align_to_ground_truth
+    from conftest import CACHE
+
+    out, _ = demo
+    scene_dir = CACHE / "synthetic-scene"
+    scene = read_json(scene_dir / "scene.json")
+    box = scene["object_bbox"]
+    foot = [(box["min"][0] + box["max"][0]) / 2, (box["min"][1] + box["max"][1]) / 2,
+            scene.get("ground_z", box["min"][2])]
+    sim = align_to_ground_truth(out / "workspace" / "sparse" / "model", scene_dir / "gt_colmap")
+    up_deg = math.degrees(math.acos(np.clip(sim.rotation[:, 2] @ [0, 0, 1.0], -1, 1)))
+    offset = float(np.linalg.norm(sim.apply(np.zeros(3)) - foot))
+    frame = read_json(out / "workspace" / "sparse" / "model" / "frame.json")
+    print(f"demo frame: up {up_deg:.3f} deg off, origin {offset / box['diagonal']:.2%} of the object's size "
+          f"from its foot, scale guess {1 / sim.scale:.2f}x the truth ({frame['scale']['assumption']})")
+    assert up_deg <= 1.0
+    assert offset <= 0.05 * box["diagonal"]
+    assert frame["warnings"], "a guessed scale must say so"
