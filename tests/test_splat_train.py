@@ -303,7 +303,7 @@ def test_mcmc_keeps_its_budget_on_the_cpu(temple_undistorted, tmp_path, monkeypa
     assert calls  # relocation and sampling went through our torch formula...
     assert ops.compute_relocation is gsplat_relocation  # ...and gsplat has its own back
     assert ops.quat_scale_to_covar_preci is gsplat_covar
-    assert result["held_out"] == ["templeSR0001.jpg", "templeSR0011.jpg"]
+    assert result["held_out"] == ["templeSR0001.jpg", "templeSR0009.jpg"]  # every 8th of the 16 registered
     # Measured: 23.2 dB, SSIM 0.81 (seed 1: 22.8 dB, 0.79; seeds 0-2 with a budget of 1500: 22.8-23.2 dB);
     # the splats as initialised score 8 dB. The bounds leave 1 dB and 0.06 below the measurement for the
     # spread between seeds and other machines' rounding.

@@ -187,13 +187,15 @@ def temple_cameras(temple, tmp_path_factory) -> tuple[Path, Path, subprocess.Com
 def test_mapping_progress_never_counts_more_photos_than_there_are(temple_cameras, tmp_path):
     """The temple falls apart into several models by default; the count used
     to add them up ("registered 48 of 16 photos")."""
-    from backend.sfm import colmap as sfm
+    from backend.sfm import ladder
     from backend.options import SfmOptions
 
     photos, ws, _ = temple_cameras
     messages = []
-    result = sfm.map_sparse(ws / "sparse" / "database.db", photos, tmp_path / "model", SfmOptions(), 16,
-                            lambda fraction, message: messages.append((fraction, message)))
+    result = ladder.register(ws / "sparse" / "database.db", photos, tmp_path / "scratch",
+                             SfmOptions(mapper="incremental"), 16,
+                             lambda fraction, message: messages.append((fraction, message)), lambda message: None)
+    result = {"registered": [result.model.images[i].name for i in result.model.reg_image_ids()]}
     counts = [m.split("registered ")[1].split(" photos")[0] for _, m in messages if "registered " in m]
     assert len(counts) >= 10, messages
     done = [int(count.split(" of ")[0]) for count in counts]
