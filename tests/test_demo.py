@@ -72,11 +72,10 @@ def test_demo_lands_upright_with_the_object_at_the_origin_on_the_ground(demo):
     """The ring of cameras around the object: +Z within 1 degree of the truth's up
     after a similarity alignment, and the origin on the ground under the object's
     centre within 5% of its size. (No GPS: the scale is a stated guess.)"""
-    import math
 
     import numpy as np
 
-    from backend.tools.evaluate import align_to_ground_truth
+    from backend.tools.evaluate import align_to_ground_truth, up_error_deg
     from conftest import CACHE
 
     out, _ = demo
@@ -86,7 +85,7 @@ def test_demo_lands_upright_with_the_object_at_the_origin_on_the_ground(demo):
     foot = [(box["min"][0] + box["max"][0]) / 2, (box["min"][1] + box["max"][1]) / 2,
             scene.get("ground_z", box["min"][2])]
     sim = align_to_ground_truth(out / "workspace" / "sparse" / "model", scene_dir / "gt_colmap")
-    up_deg = math.degrees(math.acos(np.clip(sim.rotation[:, 2] @ [0, 0, 1.0], -1, 1)))
+    up_deg = up_error_deg(sim)
     offset = float(np.linalg.norm(sim.apply(np.zeros(3)) - foot))
     frame = read_json(out / "workspace" / "sparse" / "model" / "frame.json")
     print(f"demo frame: up {up_deg:.3f} deg off, origin {offset / box['diagonal']:.2%} of the object's size "

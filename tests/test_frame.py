@@ -20,7 +20,7 @@ import pytest
 from PIL import Image
 
 from backend.sfm.frame import camera_up, read_gps, world_frame
-from backend.tools.evaluate import umeyama
+from backend.tools.evaluate import umeyama, up_error_deg
 from blender_addon.shared.layout import Layout
 
 from conftest import read_json
@@ -122,7 +122,7 @@ def check(rec, frame, cams, centre, size, max_up_deg=1.0):
     est = {rec.images[i].name: np.asarray(rec.images[i].projection_center()) for i in rec.reg_image_ids()}
     names = [c[0] for c in cams]
     sim = umeyama(np.stack([est[n] for n in names]), np.stack([c[2] for c in cams]))
-    up_deg = math.degrees(math.acos(np.clip(sim.rotation[:, 2] @ [0, 0, 1.0], -1, 1)))
+    up_deg = up_error_deg(sim)
     centre_rel = float(np.linalg.norm(sim.apply(np.zeros((1, 3)))[0] - centre) / size)
     print(f"up {up_deg:.3f} deg, centre {centre_rel:.4f} of the size, scale {sim.scale:.4f}; {frame.info['summary']}")
     assert up_deg < max_up_deg, frame.info
@@ -255,7 +255,7 @@ def test_fountain_upright_and_scale_guess(fountain, fountain_run):
     est, truth = _centres(rec), _centres(gt)
     names = sorted(set(est) & set(truth))
     sim = umeyama(np.stack([est[n] for n in names]), np.stack([truth[n] for n in names]))
-    up_deg = math.degrees(math.acos(np.clip(sim.rotation[:, 2] @ [0, 0, -1.0], -1, 1)))
+    up_deg = up_error_deg(sim, (0, 0, -1.0))
     print(f"fountain: up {up_deg:.2f} deg off, heuristic scale off by {abs(sim.scale - 1):.1%}")
     assert up_deg < 2.0
     assert abs(sim.scale - 1) < 0.3

@@ -7,14 +7,13 @@ stops at the mapping stage.
 """
 from __future__ import annotations
 
-import math
 import shutil
 
 import numpy as np
 import pycolmap
 import pytest
 
-from backend.tools.evaluate import align_to_ground_truth, compare_poses
+from backend.tools.evaluate import align_to_ground_truth, compare_poses, up_error_deg
 from conftest import read_json, run_backend
 
 
@@ -64,7 +63,7 @@ def _street_frame(street_scene, street_run) -> tuple[float, float, float]:
     """Scale, up error (degrees) and origin offset (m) of the street's world frame
     after a similarity alignment to the truth (metric, +Z up)."""
     sim = align_to_ground_truth(street_run / "sparse" / "model", street_scene / "gt_colmap")
-    up_deg = math.degrees(math.acos(np.clip(sim.rotation[:, 2] @ [0, 0, 1.0], -1, 1)))
+    up_deg = up_error_deg(sim)
     origin = float(np.linalg.norm(sim.apply(np.zeros(3)) - read_json(street_scene / "scene.json")["subject_centre"]))
     print(f"street frame: scale {sim.scale:.4f}, up {up_deg:.2f} deg, origin {origin:.2f} m off")
     return sim.scale, up_deg, origin

@@ -24,6 +24,13 @@ class Similarity:
         return self.scale * points @ self.rotation.T + self.translation
 
 
+def up_error_deg(sim: Similarity, truth_up=(0.0, 0.0, 1.0)) -> float:
+    """Degrees between a model's +Z, carried into the truth by `sim` (model to
+    truth), and the truth's up: how upright the model's world frame is."""
+    cos = float(np.clip(sim.rotation[:, 2] @ np.asarray(truth_up, float), -1.0, 1.0))
+    return float(np.degrees(np.arccos(cos)))
+
+
 def umeyama(src: np.ndarray, dst: np.ndarray) -> Similarity:
     """Similarity that maps src [N, 3] onto dst [N, 3] in least squares."""
     mu_s, mu_d = src.mean(0), dst.mean(0)
