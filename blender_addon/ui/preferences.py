@@ -2,14 +2,17 @@
 device to use; and the 'Set up backend' button that installs one."""
 from __future__ import annotations
 
+import os
+import sys
 import threading
 from pathlib import Path
 
 import bpy
 from bpy.props import EnumProperty, StringProperty
 
-from ..link import setup_backend
+from ..link import install_plan, setup_backend
 from ..link.setup_backend import venv_python
+from ..shared.protocol import __version__
 
 ADDON_ID = __package__.rpartition(".")[0]  # the add-on itself (this module lives in its ui/ folder)
 
@@ -26,16 +29,17 @@ def source_checkout() -> Path | None:
 
 
 def managed_venv() -> Path:
-    """Where 'Set up backend' puts the backend's environment."""
-    try:
-        return Path(bpy.utils.extension_path_user(ADDON_ID, path="backend-venv", create=False))
-    except (ValueError, AttributeError):  # loaded as a plain module, not an extension
-        return Path(bpy.utils.user_resource("SCRIPTS", path="reconstruct")) / "backend-venv"
+    """Where 'Set up backend' puts the backend's environment: one shared by every Blender
+    (of the same Python), outside Blender's per-version folders; RECONSTRUCT_HOME moves it."""
+    system = install_plan.detect(gpu=False).os
+    return install_plan.shared_root(system, os.environ, Path.home()) / install_plan.env_name(sys.version_info[:2])
 
 
 def detect_backend_python() -> str:
-    """The managed environment if set up, else a source checkout's .venv."""
-    candidates = [venv_python(managed_venv())]
+    """The shared environment if it is complete (made by any Blender), else a source checkout's .venv."""
+    candidates = []
+    if setup_backend.env_status(managed_venv(), __version__).state in ("ready", "outdated"):
+        candidates.append(venv_python(managed_venv()))
     if (root := source_checkout()) is not None:
         candidates.append(venv_python(root / ".venv"))
     for candidate in candidates:
@@ -90,12 +94,30 @@ class ReconstructPreferences(bpy.types.AddonPreferences):
             col.label(text=f"Detected: {detect_backend_python() or 'none'}", icon="INFO")
         col.prop(self, "workspace_root")
         col.prop(self, "device")
+        env = setup_backend.env_status(managed_venv(), __version__)
+        layout.label(text=env.text, icon={"ready": "CHECKMARK", "outdated": "ERROR"}.get(env.state, "INFO"))
         row = layout.row()
-        row.operator("reconstruct.setup_backend", icon="CONSOLE")
+        label = "Update Backend" if env.state == "outdated" else "Set Up Backend"
+        row.operator("reconstruct.setup_backend", text=label, icon="CONSOLE")
         row.operator("reconstruct.check_backend", icon="CHECKMARK")
         icon = {True: "CHECKMARK", False: "ERROR", None: "QUESTION"}[status["ok"]]
         layout.label(text=status["text"], icon=icon)
         setup_backend.draw_progress(layout)
 
 
-classes = (ReconstructPreferences,)
+class RECONSTRUCT_OT_cancel_setup(bpy.types.Operator):
+    bl_idname = "reconstruct.cancel_setup"
+    bl_label = "Cancel Setup"
+    bl_description = ("Stop installing the backend; the environment is left unfinished and the next Set Up "
+                      "Backend finishes it")
+
+    @classmethod
+    def poll(cls, context):
+        return setup_backend.state.running
+
+    def execute(self, context):
+        setup_backend.cancel()
+        return {"FINISHED"}
+
+
+classes = (ReconstructPreferences, RECONSTRUCT_OT_cancel_setup)
