@@ -166,6 +166,23 @@ def cmd_previews(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """What Check Backend reports, on a terminal: versions, device, and per
+    stage where it will run and why."""
+    from backend.job.device import describe_device, missing_packages, package_versions, stage_devices
+
+    missing = missing_packages()
+    if missing:
+        print(f"error: this environment ({sys.executable}) is missing: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    device = describe_device()
+    versions = ", ".join(f"{name} {version}" for name, version in package_versions().items() if version)
+    print(f"backend ready on {device['type']}: {device['name']} ({versions})")
+    for stage, where in stage_devices(args.device).items():
+        print(where.line(stage))
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from backend.tools.demo import run_demo
 
@@ -201,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     previews.add_argument("--no-mesh", action="store_true", help="splats only")
     previews.add_argument("--no-splats", action="store_true", help="mesh only")
     previews.set_defaults(func=cmd_previews)
+    check = sub.add_parser("check", help="report the versions, the device, and where each stage will run and why")
+    check.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    check.set_defaults(func=cmd_check)
     demo = sub.add_parser("demo", help="render the synthetic scene, reconstruct it, report against ground truth")
     demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
     demo.add_argument("--quality", choices=list(QUALITY_PRESETS), default="balanced")

@@ -295,14 +295,14 @@ def resolve_roi(scene: Scene, roi: dict | None) -> Box:
     return Box.from_dict(roi) if roi else Box.around(scene.points)
 
 
-def run_mvs(undistorted: Path, stereo: Path, opts: DenseOptions, progress: Progress) -> dict:
+def run_mvs(undistorted: Path, stereo: Path, opts: DenseOptions, progress: Progress, warn=None) -> dict:
     """Depth and normal maps for every view into `stereo` (COLMAP layout),
     skipping the views whose maps are already there."""
     import torch
 
     started = time.perf_counter()
     torch.set_num_threads(os.cpu_count() or 1)
-    device = choose_device(opts.device)
+    device = choose_device(opts.device, "dense", warn)
     scene = load_scene(undistorted, opts.max_image_size)
     roi = resolve_roi(scene, opts.roi)
     for sub in ("depth_maps", "normal_maps"):
@@ -352,4 +352,4 @@ def run_mvs(undistorted: Path, stereo: Path, opts: DenseOptions, progress: Progr
 def mvs_stage(ctx: "StageContext") -> dict:
     """The mvs stage (blender_addon/shared/stages.py): depth maps into ctx.out, which
     keeps the finished ones across a cancel."""
-    return run_mvs(ctx.path("undistort"), ctx.out, ctx.options.dense, ctx.progress)
+    return run_mvs(ctx.path("undistort"), ctx.out, ctx.options.dense, ctx.progress, ctx.warn)

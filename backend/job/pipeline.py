@@ -60,6 +60,8 @@ class _MonotonicProgress:
 
     def __init__(self, events: Events):
         self._events, self._best = events, {}
+        self.warnings: list[dict] = []
+        """Every warning of this run, for summary.json."""
 
     def progress(self, stage: str, fraction: float, message: str) -> None:
         fraction = max(fraction, self._best.get(stage, 0.0))
@@ -67,6 +69,7 @@ class _MonotonicProgress:
         self._events.progress(stage, fraction, message)
 
     def warning(self, code: str, message: str, details: dict) -> None:
+        self.warnings.append({"code": code, "message": message})
         self._events.warning(code, message, details)
 
     def log(self, message: str) -> None:
@@ -157,8 +160,8 @@ def _absolute_folder(path, what: str, must_be_absolute: bool = True) -> str:
     return text
 
 
-def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, cancel: threading.Event,
-         stages: tuple[str, ...], worker: Worker, start_over: bool) -> JobResult:
+def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: _MonotonicProgress,
+         cancel: threading.Event, stages: tuple[str, ...], worker: Worker, start_over: bool) -> JobResult:
     job = ws.load_job()
     photos = scan_photos(photos_path, cache=job.get("photo_cache") if job.get("photos") == str(photos_path) else None)
     identity = photo_identity(photos)
@@ -263,7 +266,8 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: Events, 
         ran.append(stage)
         events.progress(stage, 1.0, "done")
         events.stage_done(stage, ws.stage_artifacts(stage))
-    summary = write_summary(ws, job, photos, matcher, first_octave, camera_mode[0], run_stages)
+    summary = write_summary(ws, job, photos, matcher, first_octave, camera_mode[0], run_stages,
+                            events.warnings)
     artifacts = {name: path for stage in run_stages for name, path in ws.stage_artifacts(stage).items()}
     artifacts["summary"] = str(ws.summary_file)
     return JobResult(ws.root, summary, artifacts, ran)
@@ -321,7 +325,7 @@ def explain_failure(exc: ReconstructError, ws: Workspace, stage: str) -> Reconst
 
 
 def write_summary(ws: Workspace, job: dict, photos: PhotoSet, matcher: str, first_octave: int,
-                  camera_mode: str, run_stages: tuple[str, ...]) -> dict:
+                  camera_mode: str, run_stages: tuple[str, ...], warnings: list[dict] | None = None) -> dict:
     # Records of stages this run did not reach may describe an older upstream.
     stages = {name: rec for name, rec in job["stages"].items() if name in run_stages}
     mapping = stages.get("mapping", {}).get("result", {})
@@ -352,6 +356,7 @@ def write_summary(ws: Workspace, job: dict, photos: PhotoSet, matcher: str, firs
                    "splats": stages.get("splats", {}).get("result", {}).get("device")},
         "dense": _dense_summary(stages),
         "splats": _splat_summary(stages.get("splats", {}).get("result", {})),
+        "warnings": warnings or [],
         "versions": package_versions(),
         "options": job["options"],
     }

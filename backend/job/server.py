@@ -40,16 +40,19 @@ class Server:
         self._job_id = None
         self._cancel = threading.Event()
         self._device: dict | None = None
+        self._stage_devices: dict | None = None
         self._device_ready = threading.Event()
         self._render_lock = threading.Lock()
         self._renders = threading.BoundedSemaphore(MAX_PENDING_RENDERS)
         threading.Thread(target=self._probe_device, daemon=True, name="device-probe").start()
 
     def _probe_device(self) -> None:
-        from backend.job.device import describe_device
+        from backend.job.device import describe_device, stage_devices
 
         try:
             self._device = describe_device()
+            # "auto": the handshake comes before any job's device setting.
+            self._stage_devices = {stage: where.to_dict() for stage, where in stage_devices("auto").items()}
         finally:
             self._device_ready.set()
 
@@ -93,7 +96,8 @@ class Server:
             return
         self._device_ready.wait(timeout=60)
         self.send(protocol.HANDSHAKE, protocol=protocol.PROTOCOL_VERSION, backend_version=protocol.__version__,
-                  device=self._device or {"type": "cpu", "name": "CPU"}, packages=package_versions(),
+                  device=self._device or {"type": "cpu", "name": "CPU"}, stage_devices=self._stage_devices or {},
+                  packages=package_versions(),
                   pid=os.getpid(), max_request_bytes=self.max_frame_bytes)
 
     def run(self, msg: dict) -> None:

@@ -433,12 +433,14 @@ def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress:
                  warn: Callable[[str, str], None] = lambda code, message: None) -> dict:
     """Train (or resume training) into `out_dir`; writes splats.ply and
     splats.json there and returns the stage's result. `warn(code, message)`
-    tells the user about a checkpoint that had to be set aside."""
+    tells the user about a checkpoint that had to be set aside, and about a
+    CUDA GPU the splats cannot use (gsplat without kernels: they train on the
+    CPU with our rasteriser instead of failing)."""
     import torch
 
     from backend.job.device import choose_device, memory_peak
 
-    device = choose_device(opts.device, "splats")
+    device = choose_device(opts.device, "splats", warn)
     torch.manual_seed(opts.seed)
     progress(0.0, "loading photos")
     frames, points, colors = load_frames(undistorted, opts.max_image_size, device)
@@ -494,7 +496,7 @@ def _train(run: _Run, state: TrainingState, checkpoint: Path, progress: Progress
         loss = _step(run, state, step)
         now = time.perf_counter()
         if first_step_seconds is None:
-            first_step_seconds = now - step_began  # on CUDA this includes compiling gsplat's kernels
+            first_step_seconds = now - step_began  # on CUDA this includes loading gsplat's kernels
         if now - last_save >= opts.checkpoint_seconds and step + 1 < opts.steps:
             state.seconds = spent + now - began
             state.save(checkpoint)

@@ -19,18 +19,41 @@ from pathlib import Path
 _REPO = Path(__file__).resolve().parents[2]
 
 
+def bpy_missing() -> str | None:
+    """What to do when this Python has no bpy (Set Up Backend's environment
+    has none: Blender brings its own), or None when it has. Found without
+    importing it here: bpy never shares a process with torch. The splat-only
+    previews need it too, as the add-on's code composes every preview."""
+    from importlib.util import find_spec
+
+    try:
+        found = find_spec("bpy") is not None
+    except (ImportError, ValueError):  # a broken or half-imported bpy
+        found = False
+    if found:
+        return None
+    return (f"The previews render through Blender, and this Python ({sys.executable}) has no bpy: run them from "
+            f"Blender's sidebar (Reconstruct > Previews > Render Previews), or install Blender as a module here: "
+            f"pip install bpy==5.0.1 (needs Python 3.11; this is {sys.version_info.major}."
+            f"{sys.version_info.minor}).")
+
+
 def render_previews(workspace: Path, engine: str = "WORKBENCH", percentage: int = 50, samples: int = 16,
                     mesh: bool = True, splats: bool = True) -> dict:
     """Run the previews in a bpy process; returns previews/metrics.json."""
+    from backend.errors import ErrorCode, ReconstructError
+
+    missing = bpy_missing()
+    if missing:
+        raise ReconstructError(ErrorCode.MISSING_DEPENDENCIES, missing)
     cmd = [sys.executable, "-m", "backend.tools.preview_blend", str(workspace), "--engine", engine,
            "--percentage", str(percentage), "--samples", str(samples)]
     cmd += [] if mesh else ["--no-mesh"]
     cmd += [] if splats else ["--no-splats"]
     proc = subprocess.run(cmd, cwd=_REPO, capture_output=True, text=True)
     if proc.returncode != 0:
-        from backend.errors import ErrorCode, ReconstructError
-
-        lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")] or proc.stderr.splitlines()[-5:]
+        lines = [ln.removeprefix("error: ") for ln in proc.stderr.splitlines() if ln.startswith("error:")] or \
+            proc.stderr.splitlines()[-5:]
         raise ReconstructError(ErrorCode.STAGE_FAILED, f"Previews failed: {' '.join(lines)}",
                                "Check that the workspace holds a finished reconstruction (cameras and a mesh or "
                                "splats) and that bpy is installed in this environment.")
@@ -59,7 +82,12 @@ def main(argv: list[str]) -> int:
     p.add_argument("--no-splats", action="store_true")
     args = p.parse_args(argv)
 
-    import bpy
+    try:
+        import bpy
+    except ImportError as exc:  # found but not loadable (another Python's build, missing system libraries)
+        print(f"error: {bpy_missing() or f'bpy did not load ({exc}): the previews render through Blender.'}",
+              file=sys.stderr)
+        return 2
     import addon_utils  # only importable once bpy is
 
     bpy.ops.wm.read_factory_settings(use_empty=True)

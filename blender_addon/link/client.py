@@ -178,3 +178,17 @@ class BackendStartError(Exception):
     def __init__(self, message: str, hint: str):
         super().__init__(message)
         self.message, self.hint = message, hint
+
+
+def stage_device_lines(handshake: dict, short: bool = False) -> list[str]:
+    """Per stage, where it will run and why, from the handshake's
+    stage_devices ({stage: {device, reason, fallback}}): "splats: CUDA (GPU)"
+    or "splats: CPU, because ...: what to do" (`short`: without what to do)."""
+    lines = []
+    for stage, where in (handshake.get("stage_devices") or {}).items():
+        reason = str(where.get("reason", ""))
+        if where.get("device") == "cuda":
+            lines.append(f"{stage}: CUDA ({reason})")
+        else:
+            lines.append(f"{stage}: CPU, {reason.split(': ')[0] if short else reason}")
+    return lines

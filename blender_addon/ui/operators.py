@@ -8,6 +8,7 @@ import bpy
 
 from . import preferences
 from ..link import setup_backend
+from ..link.client import stage_device_lines
 from ..link.jobs import UserError, redraw, runner
 
 
@@ -45,17 +46,42 @@ class RECONSTRUCT_OT_cancel(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def _backend_status(handshake: dict) -> str:
+    device = handshake.get("device", {})
+    return "; ".join([f"Backend {handshake.get('backend_version')} ready on {device.get('type', '?')}: "
+                      f"{device.get('name', '')}", *stage_device_lines(handshake, short=True)])
+
+
+def show_stage_devices() -> float | None:
+    """A timer: once the job runner has taken the backend's handshake (its
+    status says ready), the status line also says where each stage runs."""
+    client = runner.client
+    if client is None or preferences.status["ok"] is False:
+        return None  # the backend did not start: its status says why
+    if client.handshake is None or preferences.status["ok"] is not True:
+        return 0.2
+    preferences.set_status(_backend_status(client.handshake), True)
+    redraw(("PREFERENCES",))
+    return None
+
+
 class RECONSTRUCT_OT_check_backend(bpy.types.Operator):
     bl_idname = "reconstruct.check_backend"
     bl_label = "Check Backend"
-    bl_description = "Start the backend and report its version and device"
+    bl_description = "Start the backend and report its version, its device and where each stage will run"
 
     def execute(self, context):
         try:
-            runner.ensure_backend(context)
+            client = runner.ensure_backend(context)
         except UserError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
+        if client.handshake is not None:  # already running: its answer is here
+            preferences.set_status(_backend_status(client.handshake), True)
+            for line in stage_device_lines(client.handshake):
+                self.report({"INFO"}, line)
+        elif not bpy.app.timers.is_registered(show_stage_devices):
+            bpy.app.timers.register(show_stage_devices, first_interval=0.2)
         return {"FINISHED"}
 
 
