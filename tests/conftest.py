@@ -16,6 +16,10 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("RECONSTRUCT_DATA", REPO.parent / "shared" / "data"))
 CACHE = REPO / ".cache" / "tests"
+# The backend's Python. The add-on's tests also run under older Blenders (bpy 4.2, 4.5: see the
+# Makefile), in an environment of their own, as Blender's Python would; the backend they start
+# then runs in the project's environment, as a user's runs in the one Set Up Backend made.
+BACKEND_PYTHON = os.environ.get("RECONSTRUCT_BACKEND_PYTHON") or sys.executable
 
 
 def dataset(name: str) -> Path:
@@ -30,7 +34,7 @@ def dataset(name: str) -> Path:
 
 def run_backend(*args: str, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
     """Run `python -m backend ...` as a user would, from the repo root."""
-    proc = subprocess.run([sys.executable, "-m", "backend", *map(str, args)], cwd=REPO, capture_output=True,
+    proc = subprocess.run([BACKEND_PYTHON, "-m", "backend", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"backend failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -46,6 +50,27 @@ def read_json(path: Path) -> dict:
     return json.loads(Path(path).read_text())
 
 
+RUNS = CACHE / "runs"
+
+
+def reusable_run(name: str, tmp_path_factory, make) -> Path:
+    """A workspace made by `make(ws)`, for tests that only read it. The suite's own run always
+    makes it afresh and keeps a copy in RUNS; the add-on's runs under older Blenders
+    (tests/every_blender.py sets RECONSTRUCT_REUSE_RUNS) work on a copy of that one, as the
+    backend's results do not depend on the Blender that shows them."""
+    ws = tmp_path_factory.mktemp(name) / "ws"
+    kept = RUNS / name
+    if os.environ.get("RECONSTRUCT_REUSE_RUNS") and (kept / ".complete").is_file():
+        shutil.copytree(kept, ws, ignore=shutil.ignore_patterns(".complete"))
+        return ws
+    make(ws)
+    if not os.environ.get("RECONSTRUCT_REUSE_RUNS"):
+        shutil.rmtree(kept, ignore_errors=True)
+        shutil.copytree(ws, kept)
+        (kept / ".complete").touch()
+    return ws
+
+
 @pytest.fixture(scope="session")
 def temple() -> Path:
     return dataset("middlebury_temple_sparse_ring")
@@ -55,9 +80,8 @@ def temple() -> Path:
 def temple_run(temple, tmp_path_factory) -> Path:
     """One run on the temple set (640x480, incremental, defaults) through the
     mesh (no splats), shared by tests that only read its workspace."""
-    ws = tmp_path_factory.mktemp("temple") / "ws"
-    run_backend("run", temple / "images", "--workspace", ws, "--stages", "mesh", check=True)
-    return ws
+    return reusable_run("temple", tmp_path_factory, lambda ws: run_backend(
+        "run", temple / "images", "--workspace", ws, "--stages", "mesh", check=True))
 
 
 def copy_photos(src: Path, dst: Path, names: list[str] | None = None) -> Path:
@@ -86,10 +110,9 @@ def fountain() -> Path:
 def fountain_run(fountain, tmp_path_factory) -> Path:
     """fountain-P11 cameras with SIFT at 1000 px (photos are 3072x2048) and
     undistorted images at 1000 px: the size the tests use for speed."""
-    ws = tmp_path_factory.mktemp("fountain") / "ws"
-    run_backend("run", fountain / "images", "--workspace", ws, "--max-image-size", "1000",
-                "--undistort-max-size", "1000", "--stages", "undistort", check=True)
-    return ws
+    return reusable_run("fountain", tmp_path_factory, lambda ws: run_backend(
+        "run", fountain / "images", "--workspace", ws, "--max-image-size", "1000",
+        "--undistort-max-size", "1000", "--stages", "undistort", check=True))
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import queue
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,13 +12,13 @@ import numpy as np
 
 from blender_addon.shared import protocol
 from blender_addon.shared.splat_ply import Splats, write_splats
-from conftest import REPO
+from conftest import BACKEND_PYTHON, REPO
 
 
 class Backend:
     def __init__(self, tmp_path: Path, *args: str):
         self.stderr = open(tmp_path / "serve.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "backend", "serve", *args], cwd=REPO,
+        self.proc = subprocess.Popen([BACKEND_PYTHON, "-m", "backend", "serve", *args], cwd=REPO,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr)
         self.events: queue.Queue = queue.Queue()
         threading.Thread(target=self._read, daemon=True).start()

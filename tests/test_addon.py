@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import sys
 import time
 from pathlib import Path
 
@@ -18,12 +17,12 @@ from addon_helpers import assert_ticks_short, disable_addon, drive, fresh_blende
 from blender_addon.shared import camera_math  # noqa: E402
 from blender_addon.shared.colmap_io import read_model  # noqa: E402
 from backend.tools.evaluate import umeyama  # noqa: E402
-from conftest import CACHE, dataset  # noqa: E402
+from conftest import BACKEND_PYTHON, CACHE, dataset  # noqa: E402
 
 
 @pytest.fixture
 def jobs(tmp_path):
-    module = fresh_blender_with_addon(sys.executable, str(tmp_path / "workspaces"))
+    module = fresh_blender_with_addon(BACKEND_PYTHON, str(tmp_path / "workspaces"))
     yield module
     module.runner.stop_backend()
     disable_addon()
@@ -99,6 +98,7 @@ def test_synthetic_scene_cameras_match_the_ground_truth(jobs):
     assert np.median(error) / radius < 0.002  # the backend's own report measures 0.04%
 
 
+@pytest.mark.every_blender
 def test_cancel_stops_the_job_and_leaves_the_scene_unchanged(jobs):
     fountain = dataset("strecha_fountain_p11")
     before = scene_snapshot()
@@ -113,6 +113,7 @@ def test_cancel_stops_the_job_and_leaves_the_scene_unchanged(jobs):
     assert not jobs.runner.running
 
 
+@pytest.mark.every_blender
 def test_a_killed_backend_is_reported_and_blender_keeps_working(jobs):
     fountain = dataset("strecha_fountain_p11")
     settings = _reconstruct(fountain / "images")
@@ -126,6 +127,7 @@ def test_a_killed_backend_is_reported_and_blender_keeps_working(jobs):
     assert bpy.context.active_object.type == "MESH"
 
 
+@pytest.mark.every_blender
 def test_a_backend_without_its_packages_says_what_to_do(jobs, tmp_path):
     prefs = bpy.context.preferences.addons["blender_addon"].preferences
     prefs.backend_python = "/usr/bin/python3"  # a Python without the backend's packages
@@ -136,6 +138,7 @@ def test_a_backend_without_its_packages_says_what_to_do(jobs, tmp_path):
     assert "Set up backend" in settings.hint
 
 
+@pytest.mark.every_blender
 def test_a_backend_of_another_protocol_version_says_what_to_do(jobs, monkeypatch):
     from blender_addon.shared import protocol
 
@@ -147,11 +150,13 @@ def test_a_backend_of_another_protocol_version_says_what_to_do(jobs, monkeypatch
     assert "Set up backend" in settings.hint
 
 
+@pytest.mark.every_blender
 def test_reconstruct_without_a_photo_folder_is_refused_with_a_reason(jobs):
     with pytest.raises(RuntimeError, match="Choose the folder of photos first"):
         bpy.ops.reconstruct.run()
 
 
+@pytest.mark.every_blender
 def test_backend_python_is_detected_from_the_checkout(jobs):
     from blender_addon.ui import preferences
 
@@ -164,10 +169,12 @@ def test_backend_python_is_detected_from_the_checkout(jobs):
     assert detected and Path(detected).exists()
 
 
+@pytest.mark.every_blender
 def test_set_up_backend_runs_in_the_background_and_names_a_failing_command(jobs, tmp_path):
     from blender_addon.link import setup_backend
 
     assert setup_backend.backend_source() is not None  # the checkout (or the zip's backend_src)
+    bpy.context.preferences.system.use_online_access = True  # it downloads: Blender must allow it
     started = time.monotonic()
     setup_backend.start(str(tmp_path / "no-python-here"), tmp_path / "venv")
     assert time.monotonic() - started < 0.5  # returned at once: the work is in a thread

@@ -5,7 +5,6 @@ reading a large result never holds Blender's main thread."""
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ bpy = pytest.importorskip("bpy")
 
 from addon_helpers import assert_ticks_short, disable_addon, drive, fresh_blender_with_addon  # noqa: E402
 from blender_addon.shared.ply_io import write_ply  # noqa: E402
-from conftest import copy_photos, dataset  # noqa: E402
+from conftest import BACKEND_PYTHON, copy_photos, dataset  # noqa: E402
 
 FINISHED = ("DONE", "ERROR", "CANCELLED")
 TEMPLE_8 = [f"templeSR{i:04d}.jpg" for i in range(5, 13)]  # 8 neighbours on the ring (6 register at "fast")
@@ -34,7 +33,7 @@ def shared(tmp_path_factory):
 
 @pytest.fixture
 def jobs(shared):
-    module = fresh_blender_with_addon(sys.executable, str(shared["workspaces"]))
+    module = fresh_blender_with_addon(BACKEND_PYTHON, str(shared["workspaces"]))
     yield module
     module.runner.stop_backend()
     disable_addon()
@@ -227,7 +226,7 @@ def test_a_dense_cloud_of_3m_points_holds_the_main_thread_briefly(tmp_path, caps
     write_ply(ws / "dense" / "fused.ply", {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "nx": normals[:, 0],
                                             "ny": normals[:, 1], "nz": normals[:, 2], "red": rgb[:, 0],
                                             "green": rgb[:, 1], "blue": rgb[:, 2]})
-    jobs = fresh_blender_with_addon(sys.executable, str(tmp_path / "workspaces"))
+    jobs = fresh_blender_with_addon(BACKEND_PYTHON, str(tmp_path / "workspaces"))
     runner = jobs.runner
     try:
         scene = bpy.context.scene

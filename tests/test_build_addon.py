@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -13,6 +14,7 @@ import build_addon
 from blender_addon.shared import protocol
 
 pytest.importorskip("bpy")
+pytestmark = pytest.mark.every_blender  # the zip, its manifest and Set Up Backend's staging, on each Blender
 
 INSTALL = """
 import sys, bpy
@@ -59,6 +61,36 @@ def test_zip_installs_and_enables_in_a_fresh_blender(tmp_path):
     assert str(tmp_path / "profile") in proc.stdout  # the installed copy, not this checkout
     site = list((tmp_path / "profile").rglob("site-packages/msgpack/__init__.py"))
     assert site, "the bundled msgpack wheel was not installed"
+
+
+def blender_ext_validate(path) -> subprocess.CompletedProcess:
+    """Blender's own extension validator (the one the extensions platform runs), from this bpy."""
+    import bpy
+
+    script = Path(bpy.utils.system_resource("SCRIPTS")) / "addons_core" / "bl_pkg" / "cli" / "blender_ext.py"
+    return subprocess.run([sys.executable, str(script), "validate", str(path)], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_zip_passes_blenders_own_validator_and_declares_files_and_network(tmp_path):
+    import bpy
+    import tomllib
+
+    zip_path = build_addon.build(tmp_path / "dist")
+    proc = blender_ext_validate(zip_path)
+    assert proc.returncode == 0 and "Success" in proc.stdout, f"bpy {bpy.app.version_string}: {proc.stdout}{proc.stderr}"
+    with zipfile.ZipFile(zip_path) as zf:
+        permissions = tomllib.loads(zf.read("blender_manifest.toml").decode())["permissions"]
+    assert set(permissions) == {"files", "network"}  # Set Up Backend downloads packages
+    # The validator does refuse what it should: the first wave's 68-character reason.
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    manifest = (build_addon.ADDON / "blender_manifest.toml").read_text()
+    (bad / "blender_manifest.toml").write_text(manifest.replace(
+        permissions["files"], "Read photo folders, write reconstruction workspaces, run the backend"))
+    (bad / "__init__.py").write_text("")
+    refused = blender_ext_validate(bad)
+    assert refused.returncode != 0 and "64 characters" in refused.stdout + refused.stderr
 
 
 def test_set_up_backend_puts_the_zip_s_backend_and_shared_modules_together(tmp_path):

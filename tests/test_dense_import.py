@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")
+pytestmark = pytest.mark.every_blender
 
 from blender_addon.importers.points import linear_rgba  # noqa: E402
 from blender_addon.shared.ply_io import read_ply  # noqa: E402
@@ -104,11 +105,10 @@ def test_any_object_can_be_the_region_of_interest():
 
 def test_the_sidebar_sends_the_chosen_stages_and_region(tmp_path):
     """What Reconstruct asks the backend for, from the sidebar's choices."""
-    import sys
-
     from addon_helpers import disable_addon, fresh_blender_with_addon
+    from conftest import BACKEND_PYTHON
 
-    jobs = fresh_blender_with_addon(sys.executable, str(tmp_path))
+    jobs = fresh_blender_with_addon(BACKEND_PYTHON, str(tmp_path))
     try:
         settings = bpy.context.scene.reconstruct
         assert settings.stage_dense and settings.stage_mesh and settings.stage_splats  # on by default

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")
+pytestmark = pytest.mark.every_blender
 
 from blender_addon.shared.colmap_io import read_model, write_text_model  # noqa: E402
 from blender_addon.importers import (  # noqa: E402
@@ -190,6 +191,14 @@ def read_colors(obj) -> np.ndarray:  # [N, 3] sRGB bytes as stored
     return np.round(values.reshape(-1, 4)[:, :3] * 255).astype(np.int64)
 
 
+def radius_and_attributes(cloud) -> tuple[float, bool]:
+    """The (single) radius of an evaluated point cloud, and whether it carries the color attribute."""
+    radius = np.empty(len(cloud.points), np.float32)
+    cloud.attributes["radius"].data.foreach_get("value", radius)
+    assert np.ptp(radius) == 0
+    return float(radius[0]), point_importer.COLOR_ATTRIBUTE in cloud.attributes
+
+
 def test_point_cloud_holds_the_points_and_their_colors():
     rng = np.random.default_rng(0)
     xyz = rng.normal(size=(10_000, 3)) * 5
@@ -211,15 +220,12 @@ def test_point_cloud_holds_the_points_and_their_colors():
     assert point_importer.get_point_size(obj) == pytest.approx(0.5)
 
     # The evaluated object is a point cloud with the radius and the colors.
+    # Blender 4.x has no Object.evaluated_geometry(): the depsgraph's instances, read there.
     depsgraph = bpy.context.evaluated_depsgraph_get()
-    geometry = obj.evaluated_get(depsgraph).evaluated_geometry()  # owns the point cloud: keep it
-    cloud = geometry.pointcloud
-    assert cloud is not None and len(cloud.points) == 10_000
-    radius = np.empty(10_000, np.float32)
-    cloud.attributes["radius"].data.foreach_get("value", radius)
-    np.testing.assert_allclose(radius, 0.5)
-    assert point_importer.COLOR_ATTRIBUTE in cloud.attributes
-    assert cloud.materials[0].name == point_importer.MATERIAL
+    clouds = [(len(i.object.data.points), radius_and_attributes(i.object.data), i.object.data.materials[0].name)
+              for i in depsgraph.object_instances
+              if i.object.type == "POINTCLOUD" and i.object.original == obj]
+    assert clouds == [(10_000, (0.5, True), point_importer.MATERIAL)]
 
     # A second cloud shares the node group and material; float colors work too.
     other = import_points("floats", xyz[:10], rgb[:10] / 255.0, new_collection("b"))
@@ -314,3 +320,47 @@ def test_import_operator_builds_a_collection_and_reports_errors(tmp_path):
     finally:
         for cls in reversed(import_colmap.classes):
             bpy.utils.unregister_class(cls)
+
+
+def _datablocks() -> dict[str, list[str]]:
+    kinds = ("objects", "meshes", "cameras", "materials", "node_groups", "images", "collections")
+    return {kind: sorted(d.name for d in getattr(bpy.data, kind)) for kind in kinds}
+
+
+def test_a_failed_import_leaves_the_scene_and_the_file_as_they_were(tmp_path, monkeypatch):
+    """What Blender 4.x did to the first wave: the points' material failed half-way
+    (no node tree), after the node group was tagged as finished. Now a failure while
+    building leaves nothing behind, and the next import builds everything whole."""
+    from blender_addon.importers import mesh as mesh_importer
+    from blender_addon.importers.results import import_workspace
+    from blender_addon.shared.ply_io import write_ply
+
+    rng = np.random.default_rng(3)
+    xyz, rgb = rng.normal(size=(300, 3)), rng.integers(0, 256, (300, 3), dtype=np.uint8)
+    ws = tmp_path / "ws"
+    images = [(i, random_rotation(rng), rng.uniform(-1, 1, 3), 1, f"img{i}.png") for i in range(1, 4)]
+    write_text_model(ws / "sparse" / "model", {1: CAMERAS["landscape_fx_gt_fy"]}, images, xyz, rgb)
+    vertices = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], "red": rgb[:, 0], "green": rgb[:, 1],
+                "blue": rgb[:, 2]}
+    (ws / "mesh").mkdir()
+    write_ply(ws / "mesh" / "mesh.ply", vertices, faces=np.array([[0, 1, 2], [2, 3, 4]], np.int32))
+    user = new_collection("the user's")  # something of the user's, which stays
+    before = _datablocks()
+
+    def half_built(tree):  # the material fails after a node is made (as 4.x's missing tree did)
+        tree.nodes.new("ShaderNodeEmission")
+        raise AttributeError("'NoneType' object has no attribute 'nodes'")
+
+    monkeypatch.setattr(mesh_importer, "_build_mesh_material", half_built)
+    with pytest.raises(AttributeError):
+        import_workspace(ws, "scan", bpy.context.scene)
+    assert _datablocks() == before and bpy.context.scene.collection.children[:] == [user]
+
+    monkeypatch.undo()
+    collection = import_workspace(ws, "scan", bpy.context.scene)
+    mesh = next(o for o in collection.objects if o.type == "MESH" and o.name.endswith(" mesh"))
+    material = mesh.data.materials[0]
+    assert material[mesh_importer.TAG] == 2 and {n.bl_idname for n in material.node_tree.nodes} == {
+        "ShaderNodeVertexColor", "ShaderNodeEmission", "ShaderNodeOutputMaterial"}
+    points = next(o for o in collection.objects if o.name.endswith(" sparse points"))
+    assert point_importer.get_point_size(points) > 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import sys
 
 import numpy as np
 import pytest
@@ -14,14 +13,14 @@ bpy = pytest.importorskip("bpy")
 from addon_helpers import disable_addon, fresh_blender_with_addon  # noqa: E402
 from backend.tools.evaluate import umeyama  # noqa: E402
 from blender_addon.shared.colmap_io import read_model  # noqa: E402
-from conftest import CACHE, read_json, run_backend  # noqa: E402
+from conftest import BACKEND_PYTHON, CACHE, read_json, reusable_run, run_backend  # noqa: E402
 
 SCENE = CACHE / "synthetic-scene"
 
 
 @pytest.fixture
 def addon(tmp_path):
-    jobs = fresh_blender_with_addon(sys.executable, str(tmp_path / "workspaces"))
+    jobs = fresh_blender_with_addon(BACKEND_PYTHON, str(tmp_path / "workspaces"))
     yield jobs
     from blender_addon.ui.preview_ops import preview_runner
 
@@ -92,12 +91,13 @@ def test_the_true_mesh_seen_through_a_recovered_camera_matches_its_photo(demo_ru
 def real_run(fountain, fountain_run, tmp_path_factory):
     """fountain-P11 (the shared run's cameras, photos at 1000 px) with a small
     mesh (depth at 400 px) and small splats (150 steps at 96 px)."""
-    ws = tmp_path_factory.mktemp("fountain-previews") / "ws"
-    shutil.copytree(fountain_run, ws)
-    run_backend("run", fountain / "images", "--workspace", ws, "--max-image-size", "1000", "--undistort-max-size",
-                "1000", "--stages", "mesh", "splats", "--dense-max-size", "400", "--face-budget", "50000",
-                "--splat-steps", "150", "--splat-size", "96", check=True)
-    return ws
+    def make(ws):
+        shutil.copytree(fountain_run, ws)
+        run_backend("run", fountain / "images", "--workspace", ws, "--max-image-size", "1000",
+                    "--undistort-max-size", "1000", "--stages", "mesh", "splats", "--dense-max-size", "400",
+                    "--face-budget", "50000", "--splat-steps", "150", "--splat-size", "96", check=True)
+
+    return reusable_run("fountain-previews", tmp_path_factory, make)
 
 
 def test_previews_from_the_command_line_cover_every_registered_photo(real_run):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 bpy = pytest.importorskip("bpy")
+pytestmark = pytest.mark.every_blender
 
 import bmesh  # noqa: E402
 from mathutils import Vector  # noqa: E402

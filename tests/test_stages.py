@@ -141,11 +141,10 @@ def test_an_option_reruns_exactly_the_stages_that_declare_it(tmp_path):
 def test_the_sidebar_switches_come_from_the_declarations(with_example_stage, tmp_path):
     """The same throwaway stage gets its switch in the sidebar, and the job request asks for it."""
     bpy = pytest.importorskip("bpy")
-    import sys
-
     from addon_helpers import disable_addon, fresh_blender_with_addon
+    from conftest import BACKEND_PYTHON
 
-    jobs = fresh_blender_with_addon(sys.executable, str(tmp_path / "workspaces"))
+    jobs = fresh_blender_with_addon(BACKEND_PYTHON, str(tmp_path / "workspaces"))
     try:
         settings = bpy.context.scene.reconstruct
         toggles = {name for name in settings.bl_rna.properties.keys() if name.startswith("stage_")}

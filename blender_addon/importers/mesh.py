@@ -11,13 +11,14 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
-from .points import COLOR_ATTRIBUTE, find_tagged, linear_rgba
+from .datablocks import node_material
+from .points import COLOR_ATTRIBUTE, linear_rgba
 
 MATERIAL = "Reconstruct Mesh"
 # The custom property that marks our node groups and materials (with their version,
 # bumped when they change, so files with an older one get a new one); also how the
 # previews tell our viewport aids.
-TAG, _VERSION = "reconstruct_mesh_version", 1
+TAG, _VERSION = "reconstruct_mesh_version", 2  # 2: no half-built v1 (Blender 4.x) is reused
 
 
 @dataclass
@@ -120,13 +121,11 @@ def build_mesh(name: str, data: MeshData, collection: bpy.types.Collection) -> b
 
 def mesh_material() -> bpy.types.Material:
     """The shared material that shows the mesh's color attribute unlit."""
-    mat = find_tagged(bpy.data.materials, TAG, _VERSION)
-    if mat is not None:
-        return mat
-    mat = bpy.data.materials.new(MATERIAL)
-    mat[TAG] = _VERSION
-    nodes, links = mat.node_tree.nodes, mat.node_tree.links
-    nodes.clear()
+    return node_material(MATERIAL, TAG, _VERSION, _build_mesh_material)
+
+
+def _build_mesh_material(tree: bpy.types.ShaderNodeTree) -> None:
+    nodes, links = tree.nodes, tree.links
     color = nodes.new("ShaderNodeVertexColor")
     color.layer_name = COLOR_ATTRIBUTE
     emission = nodes.new("ShaderNodeEmission")
@@ -135,7 +134,6 @@ def mesh_material() -> bpy.types.Material:
         node.location = (240 * i, 0)
     links.new(color.outputs["Color"], emission.inputs["Color"])
     links.new(emission.outputs["Emission"], output.inputs["Surface"])
-    return mat
 
 
 def show_vertex_colors_in_solid_view(screen: bpy.types.Screen | None) -> None:

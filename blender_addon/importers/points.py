@@ -17,13 +17,15 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
+from .datablocks import node_group, node_material
+
 COLOR_ATTRIBUTE = "Color"
 NODE_GROUP = "Reconstruct Points"
 MATERIAL = "Reconstruct Points"
 MODIFIER = "Reconstruct Points"
 POINT_SIZE = "Point Size"
 # Bumped when the node group or material changes, so files with an older one get a new one.
-TAG, _VERSION = "reconstruct_points_version", 1
+TAG, _VERSION = "reconstruct_points_version", 2  # 2: no half-built v1 (Blender 4.x) is reused
 _SLICE = 1 << 18  # rows per numpy call when converting large arrays
 
 
@@ -121,12 +123,10 @@ _SRGB_TO_LINEAR_U8 = _srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0)
 
 def points_node_group() -> bpy.types.GeometryNodeTree:
     """The shared "Reconstruct Points" geometry nodes group, created on first use."""
-    group = find_tagged(bpy.data.node_groups, TAG, _VERSION)
-    if group is not None:
-        return group
-    group = bpy.data.node_groups.new(NODE_GROUP, "GeometryNodeTree")
-    group[TAG] = _VERSION
-    group.is_modifier = True
+    return node_group(NODE_GROUP, TAG, _VERSION, _build_points_group)
+
+
+def _build_points_group(group: bpy.types.GeometryNodeTree) -> None:
     group.description = "Shows a Reconstruct point cloud as colored points"
     interface = group.interface
     interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
@@ -150,19 +150,15 @@ def points_node_group() -> bpy.types.GeometryNodeTree:
     links.new(group_in.outputs[POINT_SIZE], to_points.inputs["Radius"])
     links.new(to_points.outputs["Points"], set_material.inputs["Geometry"])
     links.new(set_material.outputs["Geometry"], group_out.inputs["Geometry"])
-    return group
 
 
 def points_material() -> bpy.types.Material:
     """The shared material that shows the points' color attribute as emitted (unlit) color."""
-    mat = find_tagged(bpy.data.materials, TAG, _VERSION)
-    if mat is not None:
-        return mat
-    mat = bpy.data.materials.new(MATERIAL)
-    mat[TAG] = _VERSION
-    tree = mat.node_tree
+    return node_material(MATERIAL, TAG, _VERSION, _build_points_material)
+
+
+def _build_points_material(tree: bpy.types.ShaderNodeTree) -> None:
     nodes = tree.nodes
-    nodes.clear()
     attribute = nodes.new("ShaderNodeAttribute")
     attribute.attribute_type = "GEOMETRY"
     attribute.attribute_name = COLOR_ATTRIBUTE
@@ -173,13 +169,6 @@ def points_material() -> bpy.types.Material:
         node.location = (240 * i, 0)
     tree.links.new(attribute.outputs["Color"], emission.inputs["Color"])
     tree.links.new(emission.outputs["Emission"], output.inputs["Surface"])
-    return mat
-
-
-def find_tagged(datablocks, key: str, version: int):
-    """Our shared datablock (node group, material) of this version, if the file has one.
-    By tag, not by name: a user's datablock may have the name, ours may have been renamed."""
-    return next((d for d in datablocks if d.get(key) == version and not d.library), None)
 
 
 def _input_identifier(group: bpy.types.NodeTree, name: str) -> str:

@@ -29,6 +29,7 @@ import bpy
 
 from ..shared.colmap_io import read_model
 from ..shared.layout import Layout
+from .datablocks import undo_on_failure
 from .cameras import IMAGE_NAME_KEY, build_cameras, make_active_camera, prepare_cameras, workspace_model
 from .frame import job_origin, parent_to_origin
 from .mesh import build_mesh, prepare_mesh, show_vertex_colors_in_solid_view
@@ -188,9 +189,8 @@ def build_part(item: Prepared, collection, name: str, scene, point_size: float =
     objects take the old ones' names. A failure leaves the old objects in place."""
     started = time.perf_counter()
     old = [o for o in collection.all_objects if part_of(o) == item.part]
-    before = {o.as_pointer() for o in collection.objects}
     data = item.data
-    try:
+    with undo_on_failure():  # a failure leaves no datablock of this part behind
         if item.part == "cameras":
             names = [spec.stem for spec in data.cameras]
             new = build_cameras(data, collection)
@@ -207,18 +207,15 @@ def build_part(item: Prepared, collection, name: str, scene, point_size: float =
             new = [build_splats(names[0], data, collection, density=min(1.0, DISPLAY_SPLATS / max(1, len(data))))]
         else:
             raise ValueError(f"unknown part {item.part!r}")
-    except Exception:
-        remove_objects([o for o in collection.objects if o.as_pointer() not in before])
-        raise
-    for obj in new:
-        obj[PART_KEY] = item.part
-    # Everything of the job hangs under one empty (placed as adjustment.json says) so
-    # Set Scale / Set Ground move it all at once; local coordinates stay the workspace's.
-    # Parts imported before the job had an origin (older files) are gathered under it too.
-    origin = job_origin(collection, create=True)
-    parent_to_origin([*new, *(o for o in collection.objects if o.parent is None and part_of(o))], origin)
-    if item.part == "cameras":
-        _keep_active_camera(scene, old, new)
+        for obj in new:
+            obj[PART_KEY] = item.part
+        # Everything of the job hangs under one empty (placed as adjustment.json says) so
+        # Set Scale / Set Ground move it all at once; local coordinates stay the workspace's.
+        # Parts imported before the job had an origin (older files) are gathered under it too.
+        origin = job_origin(collection, create=True)
+        parent_to_origin([*new, *(o for o in collection.objects if o.parent is None and part_of(o))], origin)
+        if item.part == "cameras":
+            _keep_active_camera(scene, old, new)
     remove_objects(old)
     for obj, want in zip(new, names):
         if obj.name != want:
@@ -260,16 +257,10 @@ def import_workspace(workspace: Path, name: str, scene, point_size: float = 0.01
     # Read everything before creating anything: a bad file leaves the scene as it was.
     items = [item for kind, path, image_dir in workspace_sources(workspace, parts)
              for item in read_source(kind, path, tuple(p for p in SOURCE_PARTS[kind] if p in parts), image_dir)]
-    existed = job_collection(scene, workspace, name, create=False) is not None
-    collection = job_collection(scene, workspace, name)
-    try:
+    with undo_on_failure():  # a failed import leaves the scene and the file as they were
+        collection = job_collection(scene, workspace, name)
         for item in items:
             build_part(item, collection, name, scene, point_size)
-    except Exception:
-        if not existed:  # a failed import leaves the scene as it was
-            remove_objects(list(collection.objects))
-            bpy.data.collections.remove(collection)
-        raise
     return collection
 
 
@@ -364,8 +355,9 @@ class JobImport:
         try:
             if scene is None:
                 raise ValueError(f"the scene {self.scene_name!r} is gone")
-            collection = job_collection(scene, self.workspace, self.name)
-            build_part(item, collection, self.name, scene, self.point_size)
+            with undo_on_failure():  # nor a new, empty collection
+                collection = job_collection(scene, self.workspace, self.name)
+                build_part(item, collection, self.name, scene, self.point_size)
         except Exception as exc:
             failed = Failed(item.part, f"{exc}", item.path, read_seconds=item.read_seconds, built=scene is not None)
             self.failed.append(failed)

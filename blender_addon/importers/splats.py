@@ -18,7 +18,8 @@ import bpy
 import numpy as np
 
 from ..shared.splat_ply import Splats
-from .points import COLOR_ATTRIBUTE, _input_identifier, find_tagged, linear_rgba
+from .datablocks import node_group, node_material
+from .points import COLOR_ATTRIBUTE, _input_identifier, linear_rgba
 
 NODE_GROUP = MODIFIER = MATERIAL = "Reconstruct Splats"
 DENSITY, SIZE = "Density", "Size"
@@ -26,7 +27,7 @@ OPACITY, SCALE, ROTATION = "opacity", "scale", "rotation"
 # The custom property that marks our node groups and materials (with their version,
 # bumped when they change, so files with an older one get a new one); also how the
 # previews tell our viewport aids.
-TAG, _VERSION = "reconstruct_splats_version", 1
+TAG, _VERSION = "reconstruct_splats_version", 2  # 2: no half-built v1 (Blender 4.x) is reused
 
 
 @dataclass
@@ -95,12 +96,10 @@ def set_display(obj: bpy.types.Object, density: float | None = None, size: float
 
 
 def splats_node_group() -> bpy.types.GeometryNodeTree:
-    group = find_tagged(bpy.data.node_groups, TAG, _VERSION)
-    if group is not None:
-        return group
-    group = bpy.data.node_groups.new(NODE_GROUP, "GeometryNodeTree")
-    group[TAG] = _VERSION
-    group.is_modifier = True
+    return node_group(NODE_GROUP, TAG, _VERSION, _build_splats_group)
+
+
+def _build_splats_group(group: bpy.types.GeometryNodeTree) -> None:
     group.description = "Shows Reconstruct splats as oriented, colored ellipsoids"
     interface = group.interface
     interface.new_socket("Geometry", in_out="INPUT", socket_type="NodeSocketGeometry")
@@ -149,20 +148,19 @@ def splats_node_group() -> bpy.types.GeometryNodeTree:
     links.new(sized.outputs["Vector"], instance.inputs["Scale"])
     links.new(instance.outputs["Instances"], material.inputs["Geometry"])
     links.new(material.outputs["Geometry"], group_out.inputs["Geometry"])
-    return group
 
 
 def splats_material() -> bpy.types.Material:
     """Unlit splat colour, mixed with transparency by the splat's opacity."""
-    mat = find_tagged(bpy.data.materials, TAG, _VERSION)
-    if mat is not None:
-        return mat
-    mat = bpy.data.materials.new(MATERIAL)
-    mat[TAG] = _VERSION
-    if hasattr(mat, "surface_render_method"):
-        mat.surface_render_method = "BLENDED"  # EEVEE: real transparency, not dithering
-    nodes, links = mat.node_tree.nodes, mat.node_tree.links
-    nodes.clear()
+    return node_material(MATERIAL, TAG, _VERSION, _build_splats_material, _blended)
+
+
+def _blended(mat: bpy.types.Material) -> None:
+    mat.surface_render_method = "BLENDED"  # EEVEE (4.2+): real transparency, not dithering
+
+
+def _build_splats_material(tree: bpy.types.ShaderNodeTree) -> None:
+    nodes, links = tree.nodes, tree.links
     color = nodes.new("ShaderNodeAttribute")
     color.attribute_type, color.attribute_name = "INSTANCER", COLOR_ATTRIBUTE
     opacity = nodes.new("ShaderNodeAttribute")
@@ -178,4 +176,3 @@ def splats_material() -> bpy.types.Material:
     links.new(transparent.outputs["BSDF"], mix.inputs[1])
     links.new(emission.outputs["Emission"], mix.inputs[2])
     links.new(mix.outputs["Shader"], output.inputs["Surface"])
-    return mat

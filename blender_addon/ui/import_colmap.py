@@ -39,6 +39,7 @@ class RECONSTRUCT_OT_import_colmap(bpy.types.Operator, ImportHelper):
 
     def execute(self, context):
         from ..importers import cameras as camera_importer, points as point_importer
+        from ..importers.datablocks import undo_on_failure
 
         try:
             folder = self._model_folder()
@@ -53,21 +54,22 @@ class RECONSTRUCT_OT_import_colmap(bpy.types.Operator, ImportHelper):
             self.report({"ERROR"}, str(e))
             return {"CANCELLED"}
 
-        collection = bpy.data.collections.new(_collection_name(folder))
-        context.scene.collection.children.link(collection)
-        cams = []
-        if self.import_cameras:
-            try:
-                cams = camera_importer.import_cameras(model, collection, image_dir)
-            except ValueError as e:
-                self.report({"ERROR"}, str(e))
-                return {"CANCELLED"}
-            if cams and (context.scene.camera is None or context.scene.camera.name not in context.scene.objects):
-                camera_importer.make_active_camera(context.scene, cams[0])
-        if self.import_points:
-            point_importer.import_points(
-                f"{collection.name} points", model.xyz, model.rgb, collection, self.point_size
-            )
+        try:
+            with undo_on_failure():  # a failed import leaves the scene and the file as they were
+                collection = bpy.data.collections.new(_collection_name(folder))
+                context.scene.collection.children.link(collection)
+                cams = []
+                if self.import_cameras:
+                    cams = camera_importer.import_cameras(model, collection, image_dir)
+                if self.import_points:
+                    point_importer.import_points(
+                        f"{collection.name} points", model.xyz, model.rgb, collection, self.point_size
+                    )
+        except ValueError as e:
+            self.report({"ERROR"}, str(e))
+            return {"CANCELLED"}
+        if cams and (context.scene.camera is None or context.scene.camera.name not in context.scene.objects):
+            camera_importer.make_active_camera(context.scene, cams[0])
         for warning in _warnings(model, cams, image_dir):
             self.report({"WARNING"}, warning)
         self.report({"INFO"}, f"Imported {len(cams)} cameras and {len(model.xyz)} points into {collection.name!r}")
