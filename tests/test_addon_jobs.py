@@ -164,6 +164,7 @@ def test_a_refused_workspace_points_at_start_over_which_reuses_it(jobs, tmp_path
     assert names and all(int(n[-4:]) >= 9 for n in names), names  # the second set's cameras replaced the first's
 
 
+@pytest.mark.every_blender
 def test_cancel_during_dense_stereo_keeps_the_cameras_and_sparse_points(jobs, shared):
     settings = _reconstruct(shared["photos"], dense=True, mesh=True)
     drive(jobs, lambda: settings.stage == "mvs" or settings.state in FINISHED, timeout=300)
@@ -180,6 +181,7 @@ def test_cancel_during_dense_stereo_keeps_the_cameras_and_sparse_points(jobs, sh
     assert_ticks_short(jobs.runner)
 
 
+@pytest.mark.every_blender
 def test_a_failure_in_splats_keeps_what_finished_and_a_rerun_does_not_duplicate(jobs, shared):
     """A run through the mesh, then the same job again with splats, which fail: the splat
     stage trains on the undistorted photos, and one of them is broken after the first run

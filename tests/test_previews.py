@@ -153,6 +153,7 @@ def _import(ws):
     return import_workspace(ws, "fountain", bpy.context.scene)
 
 
+@pytest.mark.every_blender
 def test_the_sidebar_renders_previews_scores_cameras_and_lists_them_worst_first(real_run, addon):
     """Acceptance 2 and 4 (in Blender): every camera gets mesh and splat scores
     equal to metrics.json; each timer call does at most one render; the list
@@ -182,6 +183,7 @@ def test_the_sidebar_renders_previews_scores_cameras_and_lists_them_worst_first(
     assert bpy.data.images["Reconstruct contact sheet"].size[0] > 0
 
 
+@pytest.mark.every_blender
 def test_cancelled_previews_stop_before_the_next_render_and_restore_the_scene(real_run, addon):
     """Acceptance 4: Cancel is seen between renders, and leaves the scene and
     the last finished previews as they were."""
@@ -205,6 +207,7 @@ def test_cancelled_previews_stop_before_the_next_render_and_restore_the_scene(re
     assert tree_digest(real_run / "previews") == finished and not (real_run / "previews.partial").exists()
 
 
+@pytest.mark.every_blender
 def test_deleting_faces_changes_the_scores_of_the_cameras_that_saw_them_and_only_those(real_run,
                                                                                        tmp_path, addon):
     """Acceptance 3: edits count. A patch of the mesh that the first camera
@@ -298,6 +301,7 @@ def _blender_camera(name="render camera"):
     return scene, cam
 
 
+@pytest.mark.every_blender
 def test_the_render_camera_is_colmaps_world_to_camera_pose_and_pixel_intrinsics():
     """camera_pixels sends what the backend renders directly: a rotation R and
     t with x_cam = R @ x_world + t (+Z forward), so the point straight ahead
@@ -381,6 +385,7 @@ def test_resampling_keeps_pixel_centres_aligned():
     assert resample(ramp, small_w, small_h) is ramp
 
 
+@pytest.mark.every_blender
 def test_a_splat_render_over_the_limit_comes_back_at_the_previews_size(addon, tmp_path):
     """The backend is asked for at most max_pixels (here 1/16 of the camera:
     the same path as a 24 MP photo against the real 16 MP): the render is made
