@@ -10,7 +10,7 @@ import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
-from blender_addon.shared.presets import QUALITY_PRESETS
+from blender_addon.shared.presets import CPU_PRESETS, QUALITY_PRESETS
 from blender_addon.shared.stages import NAMES
 from backend.errors import ErrorCode, ReconstructError
 
@@ -135,12 +135,18 @@ class JobOptions:
     splats: SplatOptions = field(default_factory=SplatOptions)
     force: str | None = None
     """Rerun this stage and everything after it, even if cached."""
+    cpu_defaults: list = field(default_factory=list)
+    """The option groups whose preset values were replaced by the CPU-fit ones
+    of presets.CPU_PRESETS (they run on the CPU); said in the summary."""
 
     @classmethod
-    def from_dict(cls, data) -> "JobOptions":
+    def from_dict(cls, data, cuda: bool | None = None) -> "JobOptions":
         """Build from plain data (protocol or CLI), checking every value. A
         quality preset fills the fields that `data["sfm"]`, `data["dense"]` and
-        `data["splats"]` do not set explicitly."""
+        `data["splats"]` do not set explicitly; for a group that will run on
+        the CPU (its device cpu, or auto and `cuda` false) the preset's CPU
+        values do. `cuda`: whether a CUDA GPU is there; None asks torch, only
+        when a CPU table could apply."""
         if data is None:
             data = {}
         if not isinstance(data, dict):
@@ -150,7 +156,8 @@ class JobOptions:
         quality = data.pop("quality", "balanced")
         if not isinstance(quality, str) or quality not in QUALITY_PRESETS:
             raise _bad("quality", quality, list(QUALITY_PRESETS))
-        groups = {}
+        groups, cpu_defaults = {}, []
+        explicit_cpu = data.pop("cpu_defaults", None)  # from to_dict: every value is then explicit
         for group, cls_ in OPTION_GROUPS.items():
             given = data.pop(group, None)
             if given is None:
@@ -158,7 +165,12 @@ class JobOptions:
             if not isinstance(given, dict):
                 raise ReconstructError(ErrorCode.BAD_OPTIONS, f"options.{group} must be a map of {group} options, "
                                        f"not {_kind(given)}.", f"Known {group} options: {_names(cls_)}.")
-            values = {**QUALITY_PRESETS[quality][group], **given}
+            preset = dict(QUALITY_PRESETS[quality][group])
+            cpu = CPU_PRESETS[quality].get(group)
+            if cpu and any(name not in given for name in cpu) and _on_cpu(group, given.get("device", "auto"), cuda):
+                preset.update(cpu)
+                cpu_defaults.append(group)
+            values = {**preset, **given}
             unknown = sorted(set(values) - {f.name for f in fields(cls_)}, key=str)
             if unknown:
                 raise ReconstructError(ErrorCode.BAD_OPTIONS,
@@ -176,10 +188,35 @@ class JobOptions:
         _validate(groups["sfm"])
         _validate_dense(groups["dense"])
         _validate_splats(groups["splats"])
-        return cls(quality=quality, force=force, **groups)
+        if isinstance(explicit_cpu, list) and not cpu_defaults:
+            cpu_defaults = [g for g in explicit_cpu if g in OPTION_GROUPS]
+        return cls(quality=quality, force=force, cpu_defaults=cpu_defaults, **groups)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _on_cpu(group: str, device, cuda: bool | None) -> bool:
+    """Whether option group `group` with this device option will run on the
+    CPU: cpu, or auto where the stage cannot use a GPU (none, or, for the
+    splats, no working gsplat kernels: backend.job.device.stage_devices)."""
+    if device == "cpu":
+        return True
+    if device != "auto":
+        return False  # cuda, or a wrong value the validator names below
+    if cuda is not None:
+        return not cuda
+    try:
+        from backend.job.device import stage_devices
+    except ImportError:  # the device module without per-stage answers
+        stage_devices = None
+    try:
+        if stage_devices is not None:
+            return stage_devices("auto")[{"sfm": "features"}.get(group, group)].device == "cpu"
+        import torch
+    except ImportError:
+        return True
+    return not torch.cuda.is_available()
 
 
 def _bad(name: str, value, allowed: list) -> ReconstructError:

@@ -24,7 +24,8 @@ from ..shared import protocol
 from ..shared.layout import Layout
 from .client import BackendClient, BackendStartError
 from ..shared.protocol import ErrorCode
-from ..ui.properties import toggled
+from ..ui.properties import stamp, toggled
+from ..shared import estimate as est
 from ..importers.results import LABELS, import_hint
 
 TICK_SECONDS = 0.1
@@ -46,6 +47,38 @@ class UserError(Exception):
     """Something the user can fix; shown as the operator's error report."""
 
 
+class StageClock:
+    """The running job's stages as the add-on sees them: when each started
+    (its first progress event), how long the finished ones took, and the
+    estimate made before the run, updated from the actual speed."""
+
+    def __init__(self, before: list | None):
+        self.before = before
+        self.stage: str | None = None
+        self.fraction = 0.0
+        self.stage_began = 0.0
+        self.done: dict[str, float] = {}
+
+    def progress(self, stage: str, fraction: float, now: float | None = None) -> None:
+        now = time.perf_counter() if now is None else now
+        if stage != self.stage:
+            if self.stage is not None:
+                self.done[self.stage] = now - self.stage_began
+            self.stage, self.stage_began = stage, now
+        self.fraction = fraction
+
+    def current(self, now: float | None = None) -> tuple[list, float] | None:
+        """(the estimates now, seconds left), or None without an estimate."""
+        if not self.before:
+            return None
+        if self.stage is None:
+            return self.before, sum(e.seconds for e in self.before)
+        elapsed = (time.perf_counter() if now is None else now) - self.stage_began
+        done = {k: v for k, v in self.done.items() if k != self.stage}
+        now_estimates = est.update(self.before, self.stage, self.fraction, elapsed, done)
+        return now_estimates, est.remaining(now_estimates, self.stage, elapsed, done)
+
+
 class Runner:
     def __init__(self):
         self.client: BackendClient | None = None
@@ -64,6 +97,7 @@ class Runner:
         # Timer calls that created datablocks: {part, count, seconds (the call), read_seconds (reader thread)}.
         self.import_ticks: list[dict] = []
         self.render_replies: dict = {}  # request id -> RENDER (or ERROR) event, for the previews
+        self.clock = StageClock(None)  # the running job's stage times and its estimate
 
     @property
     def running(self) -> bool:
@@ -131,8 +165,9 @@ class Runner:
         else:
             self.pending_run = request
         settings.warnings.clear()
+        self.clock = StageClock(estimates.for_settings(settings, wait=True))
         _set(settings, state="STARTING", stage="", progress=0.0, message="Starting the backend...",
-             started=time.time(), finished=0.0, error="", hint="", workspace=str(workspace), collection="",
+             started=stamp(), finished="", error="", hint="", workspace=str(workspace), collection="",
              start_over=False)  # a one-off: the next run reuses what this one makes
         _schedule()
         return self.job_id
@@ -179,7 +214,7 @@ class Runner:
             fields["message"] = f"Failed; kept {kept}{where}." if kept else "Failed; nothing was imported."
         settings = self._settings()
         if settings is not None:
-            _set(settings, state=state, finished=time.time(), collection=collection, **fields)
+            _set(settings, state=state, finished=stamp(), collection=collection, **fields)
         self.job_id = self.pending_run = self.ending = self.result = None
 
     def pump(self) -> None:
@@ -215,6 +250,7 @@ class Runner:
         if self.ending is not None:
             return  # the job is over; what arrived is being imported
         if kind == protocol.PROGRESS:
+            self.clock.progress(msg["stage"], msg["fraction"])
             _set(settings, state="RUNNING", stage=msg["stage"], progress=msg["fraction"], message=msg["message"])
         elif kind == protocol.WARNING and len(settings.warnings) < MAX_WARNINGS:
             item = settings.warnings.add()
@@ -269,6 +305,87 @@ class Runner:
 
 
 runner = Runner()
+
+
+class PhotoEstimates:
+    """The sidebar's estimate before a run. The photos' sizes come from their
+    headers, read in a thread (a large folder on a network drive must not stall
+    draw()), cached by folder and its modification time; the estimate itself
+    is arithmetic on them, cheap enough for draw()."""
+
+    def __init__(self):
+        self._sizes: dict[tuple, list] = {}
+        self._reading: set[tuple] = set()
+        self.speed = 1.0  # estimate.measure_speed(), measured with each folder's read
+
+    def sizes(self, folder: str, wait: bool = False) -> list | None:
+        try:
+            key = (folder, os.stat(folder).st_mtime_ns)
+        except OSError:
+            return None
+        if key in self._sizes:
+            return self._sizes[key]
+        if wait:
+            self._sizes[key] = est.photo_sizes(folder)
+            return self._sizes[key]
+        if key not in self._reading:
+            import threading
+
+            self._reading.add(key)
+            threading.Thread(target=self._read, args=(key,), daemon=True, name="photo-sizes").start()
+            if not bpy.app.timers.is_registered(_redraw_when_read):
+                bpy.app.timers.register(_redraw_when_read, first_interval=0.1)
+        return None
+
+    def _read(self, key: tuple) -> None:
+        sizes = est.photo_sizes(key[0])
+        self.speed = est.measure_speed()  # the probe releases the GIL: the UI keeps running
+        self._sizes[key] = sizes  # one dict store: atomic under the GIL
+        self._reading.discard(key)
+
+    @property
+    def reading(self) -> bool:
+        return bool(self._reading)
+
+    def for_settings(self, settings, wait: bool = False) -> list | None:
+        """Per-stage estimates for the sidebar's settings, or None (no photos
+        yet, or their sizes still being read)."""
+        folder = bpy.path.abspath(settings.photos_dir) if settings.photos_dir else ""
+        sizes = self.sizes(folder, wait) if folder else None
+        if not sizes:
+            return None
+        devices = stage_devices_known()
+        cpu = [g for g in ("dense", "splats") if devices.get(g, "cpu") == "cpu"]
+        options = est.preset_options(settings.quality, cpu)
+        return est.estimate(sizes, options, devices, stages=est.stages_run(requested_stages(settings)),
+                            speed=self.speed)
+
+
+def stage_devices_known() -> dict[str, str]:
+    """Where each option group will run ("cpu" or "cuda"), as the backend's
+    handshake said (backend.job.device.stage_devices); the CPU for a group
+    it has not said, or when no backend is running yet, or when the
+    preferences ask for the CPU."""
+    try:
+        prefs_device = preferences.get(bpy.context).device
+    except (AttributeError, KeyError):
+        prefs_device = "auto"
+    if prefs_device == "cpu":
+        return {"sfm": "cpu", "dense": "cpu", "splats": "cpu"}
+    handshake = runner.client.handshake if runner.client is not None else None
+    said = (handshake or {}).get("stage_devices") or {}
+    return {group: (said.get(stage) or {}).get("device", "cpu")
+            for group, stage in (("sfm", "features"), ("dense", "dense"), ("splats", "splats"))}
+
+
+def _redraw_when_read() -> float | None:
+    if estimates.reading:
+        return 0.1
+    redraw(("VIEW_3D",))
+    return None
+
+
+estimates = PhotoEstimates()
 
 
 def job_name_for(photos: Path) -> str:
@@ -383,6 +500,7 @@ def redraw(area_types=("VIEW_3D", "PREFERENCES")) -> None:
 
 
 def unregister() -> None:
-    if bpy.app.timers.is_registered(_tick):
-        bpy.app.timers.unregister(_tick)
+    for timer in (_tick, _redraw_when_read):
+        if bpy.app.timers.is_registered(timer):
+            bpy.app.timers.unregister(timer)
     runner.stop_backend()

@@ -1,14 +1,14 @@
 """The 'Reconstruct' tab in the 3D view's sidebar."""
 from __future__ import annotations
 
-import time
-
 import bpy
 
 from ..shared import stages
-from ..link.jobs import runner
+from ..shared.estimate import format_seconds
+from ..shared.presets import describe_cpu
+from ..link.jobs import estimates, runner, stage_devices_known
 from . import frame_ops
-from .properties import toggle_property, toggled
+from .properties import elapsed, toggle_property, toggled
 
 _STATE_ICONS = {"IDLE": "BLANK1", "STARTING": "TIME", "RUNNING": "TIME", "IMPORTING": "IMPORT",
                 "DONE": "CHECKMARK", "CANCELLED": "CANCEL", "ERROR": "ERROR"}
@@ -48,19 +48,48 @@ class VIEW3D_PT_reconstruct(bpy.types.Panel):
         row.scale_y = 1.4
         row.operator("reconstruct.run", icon="PLAY")
         row.operator("reconstruct.cancel", icon="CANCEL")
+        if not runner.running:
+            self.draw_estimate(layout, s)
         self.draw_status(layout, s)
         frame_ops.draw(layout, context)  # Set Scale / Set Ground for the active object's job
+
+    @staticmethod
+    def draw_estimate(layout, s) -> None:
+        """The time each stage will take with these photos and settings (the
+        sizes are read in a thread: "reading the photos..." until then)."""
+        if not s.photos_dir:
+            return
+        box = layout.box()
+        per_stage = estimates.for_settings(s)
+        if per_stage is None:
+            box.label(text="Estimate: reading the photos..." if estimates.reading else "Estimate: no photos found",
+                      icon="TIME")
+            return
+        devices = stage_devices_known()
+        where = ", ".join(sorted({d.upper() for g, d in devices.items()}))
+        box.label(text=f"Estimate: {format_seconds(sum(e.seconds for e in per_stage))} ({where})", icon="TIME")
+        col = box.column(align=True)
+        for e in per_stage:
+            row = col.split(factor=0.6)
+            row.label(text=stages.STAGE[e.stage].label)
+            row.label(text=format_seconds(e.seconds))
+        if any(devices.get(g, "cpu") == "cpu" for g in ("dense", "splats")):
+            col.label(text="CPU defaults applied", icon="INFO")
+            for part in describe_cpu(s.quality).removeprefix("On the CPU: ").split("; "):
+                col.label(text=part)
 
     @staticmethod
     def draw_status(layout, s) -> None:
         if s.state == "IDLE":
             return
         box = layout.box()
-        end = s.finished or time.time()
-        elapsed = max(0.0, end - s.started) if s.started else 0.0
-        box.label(text=f"{s.state.title()}  {int(elapsed // 60)}:{int(elapsed % 60):02d}", icon=_STATE_ICONS[s.state])
+        seconds = elapsed(s)
+        box.label(text=f"{s.state.title()}  {int(seconds // 60)}:{int(seconds % 60):02d}", icon=_STATE_ICONS[s.state])
         if s.state in ("STARTING", "RUNNING", "IMPORTING"):
             box.progress(factor=s.progress, type="BAR", text=f"{s.stage or 'starting'}: {s.message}"[:80])
+            now = runner.clock.current() if runner.running else None
+            if now is not None:
+                box.label(text=f"About {format_seconds(now[1])} left", icon="TIME")
         elif s.message:
             box.label(text=s.message)
         if s.error:

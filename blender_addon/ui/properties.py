@@ -1,6 +1,8 @@
 """Per-scene settings and job status shown in the sidebar."""
 from __future__ import annotations
 
+import time
+
 import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty, PointerProperty,
                        StringProperty)
@@ -74,8 +76,10 @@ class ReconstructSettings(bpy.types.PropertyGroup):
     stage: StringProperty()
     progress: FloatProperty(min=0.0, max=1.0, subtype="FACTOR")
     message: StringProperty()
-    started: FloatProperty()
-    finished: FloatProperty()
+    # time.time() as text: a FloatProperty is 32-bit and resolves only 128 s
+    # of today's epoch seconds. "" = not yet. See stamp() and elapsed().
+    started: StringProperty()
+    finished: StringProperty()
     error: StringProperty()
     hint: StringProperty()
     warnings: CollectionProperty(type=ReconstructMessage)
@@ -110,6 +114,21 @@ def toggled(settings) -> list:
     from ..shared import stages
 
     return [s for s in stages.STAGES if s.toggle and getattr(settings, toggle_property(s), False)]
+
+
+def stamp(seconds: float | None = None) -> str:
+    """A time for Settings.started / .finished, at full precision."""
+    return repr(time.time() if seconds is None else float(seconds))
+
+
+def elapsed(settings, now: float | None = None) -> float:
+    """Seconds from the job's start to its end (or to now while it runs)."""
+    try:
+        started = float(settings.started) if settings.started else None
+        end = float(settings.finished) if settings.finished else (time.time() if now is None else now)
+    except ValueError:  # a file saved by an older version held a number there
+        return 0.0
+    return max(0.0, end - started) if started is not None else 0.0
 
 
 def register() -> None:
