@@ -49,6 +49,17 @@ class TerminalEvents:
         pass  # the progress bar already says "done"; paths are printed at the end
 
 
+def _texture_size(text: str) -> int:
+    """--texture-size: a number of pixels, or 2k / 4k / 8k."""
+    text = text.strip().lower()
+    if text.endswith("k") and text[:-1].isdigit():
+        return int(text[:-1]) * 1024
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size: give pixels (4096) or 2k, 4k, 8k") from None
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     """One flag per option field, made from the option dataclasses: their
     types give the parsing and the choices, their docstrings the help, their
@@ -76,6 +87,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
             if f.name == "camera_model":
                 choices = CAMERA_MODELS
             parse = {int: int, float: float}.get(kind, _roi if f.name == "roi" else str)
+            if dest == "texture.size":
+                parse = _texture_size
             metavar = None if choices else {int: "N", float: "X"}.get(kind, "BOX" if f.name == "roi" else "TEXT")
             section.add_argument(flag, dest=dest, type=parse, choices=choices, metavar=metavar, help=text)
     p.add_argument("--force", choices=declared.NAMES, help="rerun this stage and those after it even if cached")
@@ -139,6 +152,11 @@ def cmd_run(args: argparse.Namespace) -> int:
               f"{dense['dense_points']} points -> {result.artifacts['fusion']}")
     if dense["mesh_faces"] is not None:
         print(f"mesh: {dense['mesh_faces']} faces -> {result.artifacts['mesh']} (and .glb)")
+    texture = s.get("texture") or {}
+    if texture.get("size"):
+        print(f"texture: {texture['size']} px atlas, {texture['charts']} charts from {texture['photos_used']} photos, "
+              f"{100 * texture['faces_seen']:.0f}% of the faces seen -> {result.artifacts['textured_obj']} "
+              f"(and .glb)")
     splats = s["splats"]
     if splats["num_splats"] is not None:
         score = f", held-out PSNR {splats['psnr']:.2f} dB, SSIM {splats['ssim']:.3f}" if splats["psnr"] else ""

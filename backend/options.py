@@ -128,11 +128,21 @@ class SplatOptions:
 
 
 @dataclass
+class TextureOptions:
+    """Texturing: the photos' colours on the mesh, as one texture atlas."""
+
+    size: int = field(default=4096, metadata={"range": (256, 16384), "flag": "--texture-size"})
+    """Side (px) of the square atlas image: 2048 (2k), 4096 (4k) or 8192 (8k)
+    are the presets' values; "2k", "4k" and "8k" are read as those."""
+
+
+@dataclass
 class JobOptions:
     quality: Quality = "balanced"
     sfm: SfmOptions = field(default_factory=SfmOptions)
     dense: DenseOptions = field(default_factory=DenseOptions)
     splats: SplatOptions = field(default_factory=SplatOptions)
+    texture: TextureOptions = field(default_factory=TextureOptions)
     force: str | None = None
     """Rerun this stage and everything after it, even if cached."""
     cpu_defaults: list = field(default_factory=list)
@@ -224,7 +234,7 @@ def _bad(name: str, value, allowed: list) -> ReconstructError:
                             f"Use one of: {', '.join(map(str, allowed))}.")
 
 
-OPTION_GROUPS = {"sfm": SfmOptions, "dense": DenseOptions, "splats": SplatOptions}
+OPTION_GROUPS = {"sfm": SfmOptions, "dense": DenseOptions, "splats": SplatOptions, "texture": TextureOptions}
 
 
 def field_docs(cls_) -> dict[str, str]:

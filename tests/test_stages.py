@@ -37,7 +37,7 @@ def test_every_declared_stage_is_complete():
 def test_run_order_and_dependencies_come_from_the_declarations():
     assert stages.needed(["mesh"]) == ("features", "matching", "mapping", "undistort", "mvs", "fusion", "mesh")
     assert stages.needed(["splats"]) == ("features", "matching", "mapping", "undistort", "splats")
-    assert stages.downstream("undistort") == ("undistort", "mvs", "fusion", "mesh", "splats")
+    assert stages.downstream("undistort") == ("undistort", "mvs", "fusion", "mesh", "texture", "splats")
     assert stages.ancestors("mesh") == ("fusion", "mvs", "undistort", "mapping", "matching", "features")
     # The progress bar: all done is 1, half of the first of the stages that run is its half share.
     run = stages.needed(["undistort"])
@@ -148,9 +148,9 @@ def test_the_sidebar_switches_come_from_the_declarations(with_example_stage, tmp
     try:
         settings = bpy.context.scene.reconstruct
         toggles = {name for name in settings.bl_rna.properties.keys() if name.startswith("stage_")}
-        assert toggles == {"stage_dense", "stage_mesh", "stage_splats", "stage_thumbnails"}
+        assert toggles == {"stage_dense", "stage_mesh", "stage_texture", "stage_splats", "stage_thumbnails"}
         assert settings.bl_rna.properties["stage_thumbnails"].name == "Thumbnails"
-        settings.stage_dense = settings.stage_mesh = settings.stage_splats = False
+        settings.stage_dense = settings.stage_mesh = settings.stage_texture = settings.stage_splats = False
         assert jobs.requested_stages(settings) == ["undistort", "thumbnails"]
         settings.stage_thumbnails = False
         settings.stage_mesh = True

@@ -356,6 +356,7 @@ def write_summary(ws: Workspace, job: dict, photos: PhotoSet, matcher: str, firs
                    "splats": stages.get("splats", {}).get("result", {}).get("device")},
         "dense": _dense_summary(stages),
         "splats": _splat_summary(stages.get("splats", {}).get("result", {})),
+        "texture": _texture_summary(stages.get("texture", {}).get("result", {})),
         "warnings": warnings or [],
         "versions": package_versions(),
         "options": job["options"],
@@ -371,6 +372,12 @@ def _dense_summary(stages: dict) -> dict:
             "dense_points": fusion.get("num_points"), "roi": fusion.get("roi") or mvs.get("roi"),
             "mesh_faces": mesh.get("num_faces"), "mesh_vertices": mesh.get("num_vertices"),
             "mesh_watertight": mesh.get("watertight")}
+
+
+def _texture_summary(result: dict) -> dict:
+    keys = ("size", "charts", "texels_per_pixel", "faces_seen", "photos_used", "seam_edges", "seconds",
+            "peak_rss_mb")
+    return {k: result.get(k) for k in keys}
 
 
 def _splat_summary(result: dict) -> dict:

@@ -22,7 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
-from blender_addon.shared.layout import MODEL_FILES, Layout
+from blender_addon.shared.layout import ATLAS_PNG, MODEL_FILES, TEXTURED_GLB, Layout
 from blender_addon.shared.stages import NAMES
 from backend.errors import ErrorCode, ReconstructError, file_error
 
@@ -62,6 +62,7 @@ class Workspace(Layout):
         required = {"mapping": [out / name for name in MODEL_FILES],
                     "undistort": [self.undistorted_model / name for name in MODEL_FILES] + [self.undistorted_images],
                     "mesh": [self.mesh_ply, self.mesh_glb],
+                    "texture": [self.textured_obj, self.texture_dir / ATLAS_PNG, self.texture_info],
                     "splats": [self.splats_ply]}.get(stage, [out])
         return all(path.exists() for path in required)
 
@@ -74,6 +75,8 @@ class Workspace(Layout):
             out["dense_points"] = self.fused
         elif stage == "mesh":
             out.update(mesh=self.mesh_ply, mesh_glb=self.mesh_glb)
+        elif stage == "texture":
+            out.update(textured_obj=self.textured_obj, textured_glb=self.texture_dir / TEXTURED_GLB)
         elif stage == "splats":
             out["splats_ply"] = self.splats_ply
         return {name: str(path) for name, path in out.items()}

@@ -1,9 +1,15 @@
-"""Triangle meshes with vertex colors: numpy arrays in, an ordinary editable Blender mesh out.
+"""Triangle meshes with vertex colors (and, once textured, UVs and the photos' atlas): numpy
+arrays in, an ordinary editable Blender mesh out.
 
 Vertices, loops and faces are bulk-filled with ``foreach_set``; the colors go into a color
 attribute on the point domain, which is the mesh's active color, so Solid view shows them
 with Viewport Shading > Color > Attribute. A shared material shows the same attribute unlit
 in Material Preview, EEVEE and Cycles: photogrammetry colors already hold the scene's light.
+
+A textured mesh (the texture stage's textured.obj) keeps the vertex colours and gets a UV map
+and a material of its own, which shows the atlas unlit (the photos' colours, as the previews
+need), or through a Principled BSDF for relighting, or the vertex colours: the sidebar's Mesh
+Colours and Relightable switches (`apply_look`) set which, in every job's material at once.
 """
 
 from dataclasses import dataclass
@@ -15,6 +21,11 @@ from .datablocks import node_material
 from .points import COLOR_ATTRIBUTE, linear_rgba
 
 MATERIAL = "Reconstruct Mesh"
+UV_MAP = "Photos"
+TEXTURE_TAG, _TEXTURE_VERSION = "reconstruct_texture_version", 1
+# The texture material's switches, by node name (apply_look sets them).
+IMAGE_NODE, SOURCE_NODE, LIGHT_NODE = "Photos", "Colour source", "Relight"
+
 # The custom property that marks our node groups and materials (with their version,
 # bumped when they change, so files with an older one get a new one); also how the
 # previews tell our viewport aids.
@@ -33,6 +44,8 @@ class MeshData:
     corner_edges: np.ndarray  # [F * 3] int32 edge from each corner to the next
     loop_start: np.ndarray  # [F] int32
     rgba: np.ndarray | None  # [V * 4] float32 scene-linear, or None
+    uv: np.ndarray | None = None  # [F * 3 * 2] float32 per corner, or None
+    texture: str | None = None  # the atlas image's path
 
     @property
     def num_vertices(self) -> int:
@@ -59,6 +72,23 @@ def prepare_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, rgb: np.nda
     return MeshData(vertices.ravel(), edges.ravel(), faces.ravel(), corner_edges.astype(np.int32).ravel(),
                     np.arange(0, 3 * len(faces), 3, dtype=np.int32),
                     None if rgb is None else linear_rgba(rgb).ravel())
+
+
+def prepare_textured_mesh(name: str, obj, folder) -> MeshData:
+    """A textured.obj (shared/obj_io.ObjMesh) as MeshData: the atlas's copies of a
+    vertex (one per chart it borders) merged back into one, so the mesh stays closed
+    and editable; the UVs go per corner, where Blender keeps them."""
+    import os
+
+    vertices = np.ascontiguousarray(obj.vertices, np.float32)
+    keys = np.ascontiguousarray(vertices).view(np.dtype((np.void, 12))).ravel()
+    unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    faces = inverse.reshape(-1)[obj.faces]
+    rgb = None if obj.rgb is None else obj.rgb[first]
+    data = prepare_mesh(name, vertices[first], faces, rgb)
+    data.uv = np.ascontiguousarray(obj.uv[obj.faces].reshape(-1), np.float32)
+    data.texture = os.path.join(str(folder), obj.texture) if obj.texture else None
+    return data
 
 
 def _unique(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -112,8 +142,11 @@ def build_mesh(name: str, data: MeshData, collection: bpy.types.Collection) -> b
             attr.data.foreach_set("color", data.rgba)
         mesh.color_attributes.active_color = attr
         mesh.color_attributes.render_color_index = mesh.color_attributes.active_color_index
+    if data.uv is not None:
+        uv_layer = mesh.uv_layers.new(name=UV_MAP)
+        uv_layer.data.foreach_set("uv", data.uv)
     mesh.update()
-    mesh.materials.append(mesh_material())
+    mesh.materials.append(texture_material(f"{name} texture", data.texture) if data.texture else mesh_material())
     obj = bpy.data.objects.new(name, mesh)
     collection.objects.link(obj)
     return obj
@@ -134,6 +167,79 @@ def _build_mesh_material(tree: bpy.types.ShaderNodeTree) -> None:
         node.location = (240 * i, 0)
     links.new(color.outputs["Color"], emission.inputs["Color"])
     links.new(emission.outputs["Emission"], output.inputs["Surface"])
+
+
+def texture_material(name: str, image_path: str) -> bpy.types.Material:
+    """A material of the job's own that shows its atlas: unlit (emission: the photos already
+    hold the light) or, switched by `apply_look`, as a Principled BSDF's base colour; or the
+    vertex colours instead of the atlas. The image is the workspace's file, loaded (not
+    copied); saving the .blend with relative paths keeps it relative, File > External Data >
+    Pack Resources puts it inside."""
+    image = bpy.data.images.load(image_path, check_existing=True)
+    mat = bpy.data.materials.new(name)
+    if mat.node_tree is None:  # Blender 4.x: no tree until asked for
+        mat.use_nodes = True
+    tree = mat.node_tree
+    nodes, links = tree.nodes, tree.links
+    nodes.clear()
+    uv = nodes.new("ShaderNodeUVMap")
+    uv.uv_map = UV_MAP
+    tex = nodes.new("ShaderNodeTexImage")
+    tex.name = tex.label = IMAGE_NODE
+    tex.image = image
+    tex.extension = "EXTEND"
+    attr = nodes.new("ShaderNodeVertexColor")
+    attr.layer_name = COLOR_ATTRIBUTE
+    mix = nodes.new("ShaderNodeMix")
+    mix.name = mix.label = SOURCE_NODE
+    mix.data_type = "RGBA"
+    emission = nodes.new("ShaderNodeEmission")
+    bsdf = nodes.new("ShaderNodeBsdfPrincipled")
+    bsdf.inputs["Roughness"].default_value = 0.9
+    light = nodes.new("ShaderNodeMixShader")
+    light.name = light.label = LIGHT_NODE
+    output = nodes.new("ShaderNodeOutputMaterial")
+    a, b = (next(s for s in mix.inputs if s.name == n and s.type == "RGBA") for n in ("A", "B"))
+    result = next(s for s in mix.outputs if s.type == "RGBA")
+    links.new(uv.outputs["UV"], tex.inputs["Vector"])
+    links.new(tex.outputs["Color"], a)
+    links.new(attr.outputs["Color"], b)
+    links.new(result, emission.inputs["Color"])
+    links.new(result, bsdf.inputs["Base Color"])
+    links.new(emission.outputs["Emission"], light.inputs[1])
+    links.new(bsdf.outputs["BSDF"], light.inputs[2])
+    links.new(light.outputs["Shader"], output.inputs["Surface"])
+    for i, column in enumerate(((uv, attr), (tex,), (mix,), (emission, bsdf), (light,), (output,))):
+        for j, node in enumerate(column):
+            node.location = (260 * i, -300 * j)
+    nodes.active = tex  # what Workbench's Texture colour shows
+    mat[TEXTURE_TAG] = _TEXTURE_VERSION
+    settings = getattr(bpy.context.scene, "reconstruct", None)
+    if settings is not None:
+        set_look(mat, settings.mesh_colors, settings.mesh_relight)
+    return mat
+
+
+def set_look(mat: bpy.types.Material, colors: str, relight: bool) -> None:
+    """colors: "TEXTURE" (the atlas) or "VERTEX" (the vertex colours); relight: a
+    Principled BSDF (lit by the scene) instead of emission (the photos' light)."""
+    nodes = mat.node_tree.nodes
+    factor = next(s for s in nodes[SOURCE_NODE].inputs if s.name == "Factor")
+    factor.default_value = 1.0 if colors == "VERTEX" else 0.0
+    nodes[LIGHT_NODE].inputs["Fac"].default_value = 1.0 if relight else 0.0
+
+
+def apply_look(colors: str, relight: bool) -> int:
+    """Set the look of every job's texture material in the file; returns how many."""
+    mats = [m for m in bpy.data.materials if m.get(TEXTURE_TAG) and m.node_tree is not None and not m.library]
+    for mat in mats:
+        set_look(mat, colors, relight)
+    return len(mats)
+
+
+def is_textured(obj) -> bool:
+    """Whether a mesh object shows one of our texture materials."""
+    return any(slot.material is not None and slot.material.get(TEXTURE_TAG) for slot in obj.material_slots)
 
 
 def show_vertex_colors_in_solid_view(screen: bpy.types.Screen | None) -> None:

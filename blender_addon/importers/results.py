@@ -16,6 +16,7 @@ for a finished workspace (the demo's .blend export, the previews' command
 line, tests), so all take the same path."""
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -32,9 +33,10 @@ from ..shared.layout import Layout
 from .datablocks import undo_on_failure
 from .cameras import IMAGE_NAME_KEY, build_cameras, make_active_camera, prepare_cameras, workspace_model
 from .frame import job_origin, parent_to_origin
-from .mesh import build_mesh, prepare_mesh, show_vertex_colors_in_solid_view
+from .mesh import build_mesh, prepare_mesh, prepare_textured_mesh, show_vertex_colors_in_solid_view
 from .points import MODIFIER as POINTS_MODIFIER, build_points, prepare_points
 from .splats import MODIFIER as SPLATS_MODIFIER, build_splats, prepare_splats
+from ..shared.obj_io import read_obj
 from ..shared.ply_io import read_ply
 from ..shared.splat_ply import read_splats
 
@@ -44,7 +46,10 @@ LABELS = {"cameras": "cameras", "sparse": "sparse points", "dense": "dense point
 WORKSPACE_KEY = "reconstruct_workspace"  # on the job's collection: the workspace it shows
 PART_KEY = "reconstruct_part"  # on each object of a job: which part it is (one of PARTS)
 # What each file holds (a COLMAP model holds both the cameras and the sparse points).
-SOURCE_PARTS = {"model": ("cameras", "sparse"), "dense": ("dense",), "mesh": ("mesh",), "splats": ("splats",)}
+# The texture stage's textured.obj is the job's mesh too, with UVs and the atlas: it replaces
+# the vertex-coloured one (whose colours it keeps) once it is there.
+SOURCE_PARTS = {"model": ("cameras", "sparse"), "dense": ("dense",), "mesh": ("mesh",), "textured": ("mesh",),
+                "splats": ("splats",)}
 # Splats shown at full density up to this many; beyond, the display keeps a
 # random fraction (the Density input of the object's modifier; renders and
 # exports can turn it back up).
@@ -57,6 +62,20 @@ def dense_points_file(workspace: Path) -> Path:
 
 def mesh_file(workspace: Path) -> Path:
     return Layout(workspace).mesh_ply
+
+
+def textured_file(workspace: Path) -> Path | None:
+    """The workspace's textured.obj if it is there and was made from the mesh
+    that is there now (a mesh rerun without texturing leaves an older one)."""
+    layout = Layout(workspace)
+    try:
+        made_from = json.loads(layout.texture_info.read_text())["mesh_file"]
+        stat = layout.mesh_ply.stat()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not layout.textured_obj.is_file() or made_from != {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}:
+        return None
+    return layout.textured_obj
 
 
 def splats_file(workspace: Path) -> Path:
@@ -107,6 +126,9 @@ def read_source(kind: str, path: Path, parts: tuple[str, ...], image_dir: Path |
         ply = read_ply(path)
         mesh = prepare_mesh(path.name, ply.column("x", "y", "z"), ply.faces, _rgb(ply))
         out.append(Prepared("mesh", mesh, mesh.num_faces, path))
+    elif kind == "textured":
+        mesh = prepare_textured_mesh(path.name, read_obj(path), path.parent)
+        out.append(Prepared("mesh", mesh, mesh.num_faces, path))
     elif kind == "splats":
         splats = prepare_splats(read_splats(path))
         out.append(Prepared("splats", splats, len(splats), path))
@@ -126,9 +148,11 @@ def workspace_sources(workspace: Path, parts: tuple[str, ...]) -> list[tuple[str
     model_dir, image_dir = workspace_model(workspace)
     if model_dir.is_dir() and any(p in parts for p in SOURCE_PARTS["model"]):
         out.append(("model", model_dir, image_dir))
-    for kind, path in (("dense", dense_points_file(workspace)), ("mesh", mesh_file(workspace)),
+    textured = textured_file(workspace)
+    for kind, path in (("dense", dense_points_file(workspace)),
+                       ("textured", textured) if textured else ("mesh", mesh_file(workspace)),
                        ("splats", splats_file(workspace))):
-        if kind in parts and path.is_file():
+        if any(p in parts for p in SOURCE_PARTS[kind]) and path.is_file():
             out.append((kind, path, None))
     return out
 
@@ -139,7 +163,7 @@ def stage_source(stage: str, artifacts: dict) -> tuple[str, Path, Path | None] |
         model = Path(artifacts["cameras"])  # undistorted/sparse; its photos are in undistorted/images
         return "model", model, model.parent / "images"
     for want_stage, kind, key in (("fusion", "dense", "dense_points"), ("mesh", "mesh", "mesh"),
-                                  ("splats", "splats", "splats_ply")):
+                                  ("texture", "textured", "textured_obj"), ("splats", "splats", "splats_ply")):
         if stage == want_stage and artifacts.get(key):
             return kind, Path(artifacts[key]), None
     return None
@@ -273,6 +297,8 @@ def import_hint(workspace: Path, failed: list[Failed]) -> str:
             hints.append(f"File > Import > COLMAP Model can read {model_dir}")
         elif item.part == "splats":
             hints.append(f"File > Import > Gaussian Splats (.ply) can read {item.path}")
+        elif item.path.suffix == ".obj":
+            hints.append(f"File > Import > Wavefront (.obj) can read {item.path}")
         else:
             hints.append(f"File > Import > Stanford PLY can read {item.path}")
     return "The workspace is intact: " + "; ".join(dict.fromkeys(hints)) + "." if hints else ""

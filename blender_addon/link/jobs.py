@@ -158,7 +158,8 @@ class Runner:
                                   point_size=settings.point_size)
         request = {"job": self.job_id, "photos": str(photos_path), "workspace": str(workspace),
                    "options": {"quality": settings.quality, "sfm": {"device": prefs.device},
-                               "dense": dense, "splats": {"device": dense["device"]}},
+                               "dense": dense, "splats": {"device": dense["device"]},
+                               "texture": texture_options(settings)},
                    "stages": requested_stages(settings), "new": start_over}
         if client.handshake is not None:
             client.send(protocol.RUN, **request)
@@ -458,6 +459,11 @@ def _error_hint(msg: dict) -> str:
 def requested_stages(settings) -> list[str]:
     """What the backend is asked for (it runs these and the stages they need)."""
     return ["undistort", *(stage.name for stage in toggled(settings))]
+
+
+def texture_options(settings) -> dict:
+    """The atlas size the sidebar asks for (none: the quality preset's)."""
+    return {} if settings.texture_size == "QUALITY" else {"size": int(settings.texture_size)}
 
 
 def dense_options(settings, device: str, workspace: Path | None = None) -> dict:

@@ -14,6 +14,8 @@ MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin")
 UNDISTORTED_MODEL, UNDISTORTED_IMAGES = "sparse", "images"
 MESH_PLY, MESH_GLB = "mesh.ply", "mesh.glb"
 SPLATS_PLY, SPLATS_INFO = "splats.ply", "splats.json"
+# Inside the texture stage's output: the textured mesh for other tools and Blender.
+TEXTURED_OBJ, TEXTURED_GLB, ATLAS_PNG, TEXTURE_INFO = "textured.obj", "textured.glb", "atlas.png", "texture.json"
 # Inside the mapping stage's output: the world frame (upright, centred, metres)
 # the model was put into, and the same model in COLMAP's own frame.
 FRAME_FILE, COLMAP_FRAME_MODEL = "frame.json", "colmap_frame"
@@ -66,6 +68,12 @@ class Layout:
     def mesh_ply(self) -> Path: return self.mesh_dir / MESH_PLY
     @property
     def mesh_glb(self) -> Path: return self.mesh_dir / MESH_GLB
+    @property
+    def texture_dir(self) -> Path: return self.output("texture")
+    @property
+    def textured_obj(self) -> Path: return self.texture_dir / TEXTURED_OBJ
+    @property
+    def texture_info(self) -> Path: return self.texture_dir / TEXTURE_INFO
     @property
     def splats_dir(self) -> Path: return self.output("splats")
     @property

@@ -6,13 +6,13 @@ from __future__ import annotations
 QUALITY_PRESETS: dict[str, dict[str, dict]] = {
     "fast": {"sfm": {"max_image_size": 1024, "max_num_features": 4096},
              "dense": {"max_image_size": 800, "face_budget": 100_000},
-             "splats": {"steps": 3000, "max_image_size": 800}},
+             "splats": {"steps": 3000, "max_image_size": 800}, "texture": {"size": 2048}},
     "balanced": {"sfm": {"max_image_size": 2000, "max_num_features": 8192},
                  "dense": {"max_image_size": 1600, "face_budget": 300_000},
-                 "splats": {"steps": 7000, "max_image_size": 1600}},
+                 "splats": {"steps": 7000, "max_image_size": 1600}, "texture": {"size": 4096}},
     "high": {"sfm": {"max_image_size": 3200, "max_num_features": 16384},
              "dense": {"max_image_size": 3200, "face_budget": 1_000_000},
-             "splats": {"steps": 30_000, "max_image_size": 3200}},
+             "splats": {"steps": 30_000, "max_image_size": 3200}, "texture": {"size": 8192}},
 }
 
 CPU_PRESETS: dict[str, dict[str, dict]] = {

@@ -61,9 +61,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("mesh", "Mesh", "fusion", "dense", ("mesh_depth", "face_budget", "roi"), "mesh", "folder",
           "backend.dense.meshing:mesh_stage", 0.07, part="mesh", toggle="mesh",
           description="an editable mesh with vertex colors (Poisson), trimmed and simplified"),
+    Stage("texture", "Texture", "mesh", "texture", ("size",), "texture", "folder",
+          "backend.texture.stage:texture_stage", 0.05, part="mesh", toggle="texture",
+          description="the mesh with UVs and the photos' colours in a texture atlas (OBJ + MTL + PNG, GLB)"),
     Stage("splats", "Gaussian Splats", "undistort", "splats",
           ("steps", "max_image_size", "sh_degree", "strategy", "max_splats", "holdout_every", "seed"),
-          "splats", "partial", "backend.splats.train:splats_stage", 0.30, part="splats", toggle="splats",
+          "splats", "partial", "backend.splats.train:splats_stage", 0.25, part="splats", toggle="splats",
           description="3D Gaussian splats trained on the photos: photoreal, view-dependent colour; fast on a "
                       "CUDA GPU, minutes to hours on the CPU"),
 )

@@ -371,8 +371,8 @@ class PreviewSession:
         r.film_transparent = True
         r.image_settings.file_format, r.image_settings.color_mode, r.image_settings.color_depth = "PNG", "RGBA", "8"
         scene.view_settings.view_transform, scene.view_settings.look = "Standard", "None"
-        if self.engine == "WORKBENCH":  # colours as they are: the vertex colours of our meshes, unlit
-            scene.display.shading.light, scene.display.shading.color_type = "FLAT", "VERTEX"
+        if self.engine == "WORKBENCH":  # colours as they are, unlit: our meshes' texture or vertex colours
+            scene.display.shading.light, scene.display.shading.color_type = "FLAT", _workbench_colors(scene)
             # Workbench draws the scene once per anti-aliasing sample (8 by default): without
             # a GPU that is 7x the time of one pass and FXAA for a 300k-face mesh.
             scene.display.render_aa = "FXAA"
@@ -395,6 +395,18 @@ class PreviewSession:
         for name, hidden in s["hidden"].items():
             if name in bpy.data.objects:
                 bpy.data.objects[name].hide_render = hidden
+
+
+def _workbench_colors(scene) -> str:
+    """Texture when a textured job mesh shows its atlas (the sidebar's Mesh Colours), else
+    the vertex colours."""
+    from ..importers.mesh import is_textured
+
+    settings = getattr(scene, "reconstruct", None)
+    if settings is not None and settings.mesh_colors == "TEXTURE" and any(
+            o.type == "MESH" and not o.hide_render and is_textured(o) for o in scene.objects):
+        return "TEXTURE"
+    return "VERTEX"
 
 
 def _aids(scene) -> list[bpy.types.Object]:

@@ -28,6 +28,12 @@ class ReconstructPreviewScore(bpy.types.PropertyGroup):
     splat_ssim: FloatProperty()
 
 
+def _mesh_look(settings, context):
+    from ..importers.mesh import apply_look
+
+    apply_look(settings.mesh_colors, settings.mesh_relight)
+
+
 def _score_selected(settings, context):
     from .preview_ops import on_score_selected
 
@@ -50,6 +56,18 @@ class ReconstructSettings(bpy.types.PropertyGroup):
                                 description="Only reconstruct inside this object's bounding box (any object: "
                                             "a cube scaled around the subject, an empty, ...). Empty: "
                                             "the bounds of the sparse points")
+    texture_size: EnumProperty(name="Texture", default="QUALITY", items=[
+        ("QUALITY", "From Quality", "Fast 2k, Balanced 4k, High 8k"),
+        ("2048", "2k", "A 2048 px texture atlas"), ("4096", "4k", "A 4096 px texture atlas"),
+        ("8192", "8k", "An 8192 px texture atlas")],
+        description="Size of the textured mesh's atlas image")
+    mesh_colors: EnumProperty(name="Mesh Colours", default="TEXTURE", update=_mesh_look, items=[
+        ("TEXTURE", "Photo Texture", "The photos' detail from the texture atlas"),
+        ("VERTEX", "Vertex Colours", "One colour per vertex, from the dense points")],
+        description="What textured job meshes show")
+    mesh_relight: BoolProperty(name="Relightable", default=False, update=_mesh_look,
+                               description="Shade textured meshes with a Principled BSDF, lit by the scene's "
+                                           "lights, instead of the photos' own light (unlit)")
     point_size: FloatProperty(name="Point Size", default=0.01, min=0.0001, soft_max=0.2, precision=4,
                               description="Radius of the imported points")
 
