@@ -177,7 +177,7 @@ def cmd_previews(args: argparse.Namespace) -> int:
     from backend.tools.preview_blend import render_previews, report_lines
 
     metrics = render_previews(args.workspace, args.engine, args.percentage, args.samples, not args.no_mesh,
-                              not args.no_splats)
+                              not args.no_splats, args.mesh_colours)
     print(f"{len(metrics['cameras'])} previews -> {args.workspace}/previews (contact_sheet.png, metrics.json)")
     for line in report_lines(metrics):
         print(line)
@@ -235,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     previews.add_argument("--samples", type=int, default=16, help="EEVEE / Cycles samples")
     previews.add_argument("--no-mesh", action="store_true", help="splats only")
     previews.add_argument("--no-splats", action="store_true", help="mesh only")
+    previews.add_argument("--mesh-colours", choices=["texture", "vertex"], default="texture",
+                          help="a textured mesh shows its photo texture (default) or its vertex colours")
     previews.set_defaults(func=cmd_previews)
     check = sub.add_parser("check", help="report the versions, the device, and where each stage will run and why")
     check.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")

@@ -116,6 +116,21 @@ def fountain_run(fountain, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fountain_mesh_run(fountain, fountain_run, tmp_path_factory) -> Path:
+    """fountain-P11 (the shared run's cameras, photos at 1000 px) with a small
+    mesh (depth at 400 px, 50k faces), its 2k texture, and small splats (150
+    steps at 96 px): what the previews and texture tests read."""
+    def make(ws):
+        shutil.copytree(fountain_run, ws)
+        run_backend("run", fountain / "images", "--workspace", ws, "--max-image-size", "1000",
+                    "--undistort-max-size", "1000", "--stages", "texture", "splats", "--dense-max-size", "400",
+                    "--face-budget", "50000", "--texture-size", "2k", "--splat-steps", "150", "--splat-size", "96",
+                    check=True)
+
+    return reusable_run("fountain-previews", tmp_path_factory, make)
+
+
+@pytest.fixture(scope="session")
 def demo_run(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
     """`python -m backend demo`, once per session: the synthetic scene (ground
     truth known) through every stage. The rendered scene is cached between

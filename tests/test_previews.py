@@ -88,16 +88,8 @@ def test_the_true_mesh_seen_through_a_recovered_camera_matches_its_photo(demo_ru
 
 
 @pytest.fixture(scope="module")
-def real_run(fountain, fountain_run, tmp_path_factory):
-    """fountain-P11 (the shared run's cameras, photos at 1000 px) with a small
-    mesh (depth at 400 px) and small splats (150 steps at 96 px)."""
-    def make(ws):
-        shutil.copytree(fountain_run, ws)
-        run_backend("run", fountain / "images", "--workspace", ws, "--max-image-size", "1000",
-                    "--undistort-max-size", "1000", "--stages", "mesh", "splats", "--dense-max-size", "400",
-                    "--face-budget", "50000", "--splat-steps", "150", "--splat-size", "96", check=True)
-
-    return reusable_run("fountain-previews", tmp_path_factory, make)
+def real_run(fountain_mesh_run):
+    return fountain_mesh_run
 
 
 def test_previews_from_the_command_line_cover_every_registered_photo(real_run):

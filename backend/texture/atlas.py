@@ -16,8 +16,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from backend.errors import ErrorCode, ReconstructError
+
 FILL = 0.55  # the charts' share of the atlas the first packing attempt aims at
-PADDING = 4  # texels between charts: room for mip levels 1 and 2 without bleeding
+PADDING_PER_1K = 1  # texels between charts per 1024 px of atlas: 4 at 4k, room for two mip levels
 
 
 @dataclass
@@ -32,7 +34,7 @@ class Atlas:
     utilization: float
 
 
-def patches(faces: np.ndarray, labels: np.ndarray, adjacency) -> np.ndarray:
+def patches(faces, labels: np.ndarray, adjacency) -> np.ndarray:
     """[F] patch id: connected faces (through shared edges) with the same label."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -110,18 +112,21 @@ def pack(corner: np.ndarray, chart: np.ndarray, faces: np.ndarray, size: int) ->
     uv += np.stack([vchart % columns, vchart // columns], 1) * span
     area = float(_area(corner).sum())
     scale = np.sqrt(FILL * size * size / max(area, 1e-12))
-    for _ in range(12):
+    for _ in range(24):
         atlas = xatlas.Atlas()
         atlas.add_uv_mesh(uv.astype(np.float32), atlas_faces)
         options = xatlas.PackOptions()
-        options.resolution, options.padding, options.bilinear = size, PADDING, True
+        options.resolution, options.bilinear = size, True
+        options.padding = max(1, PADDING_PER_1K * size // 1024)
         options.texels_per_unit = float(scale)
         atlas.generate(xatlas.ChartOptions(), options)
         if atlas.atlas_count == 1:
             break
-        scale *= 0.9
+        scale *= 0.85
     else:
-        raise RuntimeError(f"the mesh's {chart.max() + 1} charts do not fit one {size} px atlas")
+        raise ReconstructError(ErrorCode.STAGE_FAILED, f"The mesh's {chart.max() + 1} texture charts do not fit "
+                               f"one {size} px atlas.", "Choose a larger texture size (--texture-size, the "
+                               "sidebar's Texture) or a smaller face budget.")
     mapping, indices, out_uv = atlas[0]
     out_uv = np.asarray(out_uv, np.float64)
     texel = out_uv * [atlas.width, atlas.height]  # xatlas: texel coordinates, y down

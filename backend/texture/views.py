@@ -28,6 +28,8 @@ DEPTH_TOLERANCE = 0.01  # a sample is visible when within 1% of the buffer's dep
 MIN_COS = 0.1  # faces seen more edge-on than ~84 degrees do not take colour from that photo
 SMOOTHNESS = 0.6  # cost of a seam edge, against data costs in [0, 1]
 ROUNDS = 12
+SMALL_PATCH = 8  # patches of fewer faces join a neighbouring photo that sees them (each chart costs padding)
+MERGE_ROUNDS = 4
 
 
 @dataclass
@@ -126,4 +128,42 @@ def select_views(quality: np.ndarray, adjacency, seed: int = 0) -> np.ndarray:
         if not changed.any():
             break
         labels = np.where(update, proposal, labels)
+    return merge_small_patches(labels, quality, adjacency)
+
+
+def merge_small_patches(labels: np.ndarray, quality: np.ndarray, adjacency) -> np.ndarray:
+    """Patches of fewer than SMALL_PATCH faces take, whole, the photo most of
+    their border's neighbours take, where that photo sees every face of the
+    patch: ICM keeps such islands where the data term differs strongly, but
+    each is a chart of its own in the atlas (with its padding) and a seam."""
+    from scipy.sparse import coo_matrix
+
+    from backend.texture.atlas import patches
+
+    num_faces, num_views = quality.shape
+    sees = (quality > 0).astype(np.float32)
+    for _ in range(MERGE_ROUNDS):
+        patch = patches(None, labels, adjacency)
+        size = np.bincount(patch)
+        small_faces = np.nonzero((size[patch] < SMALL_PATCH) & (labels >= 0))[0]
+        if not len(small_faces):
+            break
+        ids, row = np.unique(patch[small_faces], return_inverse=True)
+        member = coo_matrix((np.ones(len(small_faces), np.float32), (row, small_faces)),
+                            shape=(len(ids), num_faces)).tocsr()
+        onehot = np.zeros((num_faces, num_views), np.float32)
+        seen = labels >= 0
+        onehot[seen, labels[seen]] = 1.0
+        border = np.asarray(member @ (adjacency @ onehot))  # [P, N] neighbours' photos (own photo: inside)
+        valid = np.asarray(member @ sees) >= size[ids][:, None]  # the photo sees every face of the patch
+        own = labels[small_faces[np.unique(row, return_index=True)[1]]]
+        border[np.arange(len(ids)), own] = 0
+        border[~valid] = 0
+        best = border.argmax(1)
+        move = border[np.arange(len(ids)), best] > 0
+        if not move.any():
+            break
+        labels = labels.copy()
+        moved = move[row]
+        labels[small_faces[moved]] = best[row[moved]]
     return labels

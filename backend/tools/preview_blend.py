@@ -39,7 +39,7 @@ def bpy_missing() -> str | None:
 
 
 def render_previews(workspace: Path, engine: str = "WORKBENCH", percentage: int = 50, samples: int = 16,
-                    mesh: bool = True, splats: bool = True) -> dict:
+                    mesh: bool = True, splats: bool = True, mesh_colours: str = "texture") -> dict:
     """Run the previews in a bpy process; returns previews/metrics.json."""
     from backend.errors import ErrorCode, ReconstructError
 
@@ -50,6 +50,7 @@ def render_previews(workspace: Path, engine: str = "WORKBENCH", percentage: int 
            "--percentage", str(percentage), "--samples", str(samples)]
     cmd += [] if mesh else ["--no-mesh"]
     cmd += [] if splats else ["--no-splats"]
+    cmd += ["--mesh-colours", mesh_colours]
     proc = subprocess.run(cmd, cwd=_REPO, capture_output=True, text=True)
     if proc.returncode != 0:
         lines = [ln.removeprefix("error: ") for ln in proc.stderr.splitlines() if ln.startswith("error:")] or \
@@ -80,6 +81,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--no-mesh", action="store_true")
     p.add_argument("--no-splats", action="store_true")
+    p.add_argument("--mesh-colours", choices=["texture", "vertex"], default="texture")
     args = p.parse_args(argv)
 
     try:
@@ -104,6 +106,7 @@ def main(argv: list[str]) -> int:
     if not (mesh or splats):
         print(f"error: {ws} has neither a mesh nor splats to preview", file=sys.stderr)
         return 2
+    bpy.context.scene.reconstruct.mesh_colors = args.mesh_colours.upper()
     collection = import_workspace(ws, "previews", bpy.context.scene, parts=("cameras", "mesh") if mesh else
                                   ("cameras",))
     source = None
