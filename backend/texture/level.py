@@ -31,32 +31,34 @@ def sample_small(photos: Photos, view: int, xy: np.ndarray) -> np.ndarray:
     return bilinear(image, xy[:, 0] * scale, xy[:, 1] * scale)
 
 
-def photo_gains(photos: Photos, projections: dict[int, Projection], quality: np.ndarray) -> np.ndarray:
-    """[N, 3] multiplicative gain per photo and channel."""
-    num_views = quality.shape[1]
-    shared = (quality > 0).sum(1) >= 2
-    gains = np.zeros((num_views, 3))
-    faces = np.nonzero(shared)[0]
-    if len(faces) < 10:
-        return np.ones((num_views, 3))
-    log_colour = np.full((len(faces), num_views, 3), np.nan)
+def face_colours(photos: Photos, projections: dict[int, Projection], quality: np.ndarray) -> np.ndarray:
+    """[F, N, 3] each face's colour at its centre in each photo that sees it (the small,
+    blurred photos), NaN where the photo does not see it."""
+    colours = np.full(quality.shape + (3,), np.nan, np.float32)
     for view, proj in projections.items():
-        seen = quality[faces, view] > 0
-        colour = sample_small(photos, view, proj.xy[faces[seen]].mean(1))
-        ok = (colour > 8).all(1) & (colour < 247).all(1)  # not black, not clipped
-        rows = np.nonzero(seen)[0][ok]
-        log_colour[rows, view] = np.log(colour[ok])
-    for _ in range(GAIN_ROUNDS):
-        truth = np.nanmean(log_colour + gains[None], axis=1, keepdims=True) if np.isfinite(log_colour).any() \
-            else np.zeros((len(faces), 1, 3))
-        with np.errstate(all="ignore"):
-            import warnings
+        seen = np.nonzero(quality[:, view] > 0)[0]
+        colours[seen, view] = sample_small(photos, view, proj.xy[seen].mean(1))
+    return colours
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)
-                gains = np.nanmedian(truth - log_colour, axis=0)
-        gains = np.nan_to_num(gains)
-        gains -= gains.mean(0, keepdims=True)
+
+def photo_gains(colours: np.ndarray) -> np.ndarray:
+    """[N, 3] multiplicative gain per photo and channel, from face_colours."""
+    num_views = colours.shape[1]
+    shared = (np.isfinite(colours[..., 0]).sum(1) >= 2)
+    if shared.sum() < 10:
+        return np.ones((num_views, 3))
+    c = colours[shared].astype(np.float64)
+    c[(c <= 8) | (c >= 247)] = np.nan  # black or clipped: no exposure information
+    log_colour = np.log(np.where(np.isfinite(c), np.maximum(c, 1e-3), np.nan))
+    gains = np.zeros((num_views, 3))
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # faces or photos with no finite colour
+        for _ in range(GAIN_ROUNDS):
+            truth = np.nanmean(log_colour + gains[None], axis=1, keepdims=True)
+            gains = np.nan_to_num(np.nanmedian(truth - log_colour, axis=0))
+            gains -= gains.mean(0, keepdims=True)
     return np.clip(np.exp(gains), 1 / MAX_GAIN, MAX_GAIN)
 
 

@@ -53,6 +53,8 @@ def texture_mesh(mesh_ply: Path, undistorted: Path, out: Path, size: int, progre
         if quality[:, i].any():
             projections[i] = proj
         progress(0.02 + 0.3 * (i + 1) / len(scene.views), f"depth test from photo {i + 1} of {len(scene.views)}")
+    colours = level.face_colours(photos, projections, quality)
+    quality = views_.consistent_views(quality, colours)
     adjacency = views_.face_adjacency(faces)
     labels = views_.select_views(quality, adjacency)
     timings["views"] = time.perf_counter() - t
@@ -67,7 +69,9 @@ def texture_mesh(mesh_ply: Path, undistorted: Path, out: Path, size: int, progre
 
     progress(0.45, "levelling colours across seams")
     t = time.perf_counter()
-    gains = level.photo_gains(photos, projections, quality)
+    colours[quality == 0] = np.nan  # only the photos that passed the consistency check
+    gains = level.photo_gains(colours)
+    del colours
     offsets, offset_index = level.seam_offsets(photos, projections, faces, labels, gains)
     timings["levelling"] = time.perf_counter() - t
 

@@ -30,6 +30,7 @@ SMOOTHNESS = 0.6  # cost of a seam edge, against data costs in [0, 1]
 ROUNDS = 12
 SMALL_PATCH = 8  # patches of fewer faces join a neighbouring photo that sees them (each chart costs padding)
 MERGE_ROUNDS = 4
+OUTLIER_COLOUR = 40.0  # 0-255 RGB distance below which a photo's colour for a face is never an outlier
 
 
 @dataclass
@@ -87,6 +88,34 @@ def face_quality(view: View, proj: Projection, vertices: np.ndarray, faces: np.n
     to_camera /= np.maximum(np.linalg.norm(to_camera, axis=1, keepdims=True), 1e-20)
     cos = np.abs(np.einsum("fc,fc->f", normal, to_camera))  # Poisson meshes' winding is not guaranteed
     return np.where(visible & (cos >= MIN_COS), area * cos, 0.0)
+
+
+def consistent_views(quality: np.ndarray, colours: np.ndarray) -> np.ndarray:
+    """quality with the photos whose colour for a face disagrees with the others'
+    set to 0 (Waechter et al.'s photo-consistency check): where the mesh is a little
+    off (a silhouette that bulges, a thin part), a photo may see the background or
+    an occluder there instead of the face. Needs three photos of the face; the
+    robust centre is the per-channel median, and a photo is out when it is farther
+    from it than OUTLIER_COLOUR and 2.5 times the median distance."""
+    seen = np.isfinite(colours[..., 0])
+    many = seen.sum(1) >= 3
+    if not many.any():
+        return quality
+    c = colours[many]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        centre = np.nanmedian(c, axis=1, keepdims=True)
+        distance = np.linalg.norm(c - centre, axis=2)  # NaN where unseen
+        spread = np.nanmedian(distance, axis=1, keepdims=True)
+    out = np.nan_to_num(distance, nan=0.0) > np.maximum(OUTLIER_COLOUR, 2.5 * spread)
+    quality = quality.copy()
+    rows = np.nonzero(many)[0]
+    q = quality[rows]
+    q[out] = 0.0
+    quality[rows] = q
+    return quality
 
 
 def face_adjacency(faces: np.ndarray):
