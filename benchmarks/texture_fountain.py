@@ -85,9 +85,10 @@ def main() -> int:
     for look in ("vertex", "texture"):
         m = means[look]
         lines.append(f"| {look} | {m['psnr']:.2f} dB | {m['ssim']:.3f} | {100 * m['coverage']:.1f}% |")
-    lines += ["", f"Texture gain: {gain:+.2f} dB (goal {GOAL_DB:+.1f} dB); 4k time "
-              f"{rows[4096]['stage_seconds']:.1f} s (goal under {GOAL_SECONDS:.0f} s): "
-              f"{'met' if ok else 'NOT met'}.", "",
+    fast = rows[4096]["stage_seconds"] <= GOAL_SECONDS
+    lines += ["", f"Texture gain: {gain:+.2f} dB, goal {GOAL_DB:+.1f} dB: {'met' if gain >= GOAL_DB else 'NOT met'}. "
+              f"4k time {rows[4096]['stage_seconds']:.1f} s, goal under {GOAL_SECONDS:.0f} s: "
+              f"{'met' if fast else 'NOT met'}.", "",
               f"Photo {PREVIEW_CAMERA} | vertex colours | texture: `{side_by_side.relative_to(REPO)}`."]
     (RESULTS / "texture_fountain.json").write_text(json.dumps({"machine": machine, "sizes": rows, "previews": means,
                                                                 "gain_db": gain}, indent=1))

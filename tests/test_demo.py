@@ -37,7 +37,7 @@ def test_demo_reports_dense_points_and_mesh_against_the_true_surface(demo):
 
 def test_demo_writes_a_blend_with_the_imported_cameras_and_points(demo):
     bpy = pytest.importorskip("bpy")
-    out, _ = demo
+    out, proc = demo
     blend = out / "demo.blend"
     assert read_json(out / "report.json")["blend"] == str(blend)
     bpy.ops.wm.open_mainfile(filepath=str(blend))
@@ -51,6 +51,11 @@ def test_demo_writes_a_blend_with_the_imported_cameras_and_points(demo):
     assert all(len(o.data.vertices) > 1000 for o in clouds)
     assert len(bpy.data.objects["demo splats"].data.vertices) == read_json(out / "report.json")["splats"]["num_splats"]
     assert len(bpy.data.objects["demo mesh"].data.polygons) > 10000
+    from blender_addon.importers.mesh import UV_MAP, is_textured
+
+    mesh = bpy.data.objects["demo mesh"]  # the texture stage's mesh: UVs, the atlas, vertex colours kept
+    assert is_textured(mesh) and UV_MAP in mesh.data.uv_layers and mesh.data.color_attributes.active_color
+    assert "texture                4096 px atlas" in proc.stdout
     bpy.ops.wm.read_factory_settings(use_empty=True)
 
 

@@ -1,5 +1,5 @@
 """The demo: render the synthetic scene (once), reconstruct it (cameras,
-dense points, mesh, splats), and report how close each is to the ground
+dense points, textured mesh, splats), and report how close each is to the ground
 truth (splats: PSNR and SSIM on the photos held out of their training)."""
 from __future__ import annotations
 
@@ -72,12 +72,16 @@ def run_demo(out: str | Path, quality: str = "balanced", scene: str | Path | Non
     print(f"  mesh                   {mesh['faces']} faces, mean distance to the true surface "
           f"{100 * mesh['mean_distance_fraction']:.3f}% of the diagonal, farthest "
           f"{100 * mesh['max_distance_fraction']:.2f}%")
+    texture = summary["texture"]
+    print(f"  texture                {texture['size']} px atlas, {texture['charts']} charts from "
+          f"{texture['photos_used']} photos, {100 * texture['faces_seen']:.1f}% of the faces seen, "
+          f"{texture['seconds']:.0f} s")
     splats = summary["splats"]
     print(f"  splats                 {splats['num_splats']} after {splats['steps']} steps at "
           f"{splats['image_size'][0]}x{splats['image_size'][1]} px on {summary['device']['splats']}: held-out "
           f"PSNR {splats['psnr']:.2f} dB, SSIM {splats['ssim']:.3f} ({len(splats['held_out'])} photos, every 8th)")
     print("  stage seconds          " + ", ".join(f"{k} {v:.1f}" for k, v in summary["stage_seconds"].items()))
-    print(f"  Blender scene          {blend} (cameras, sparse and dense points, mesh, splats, imported by the add-on)")
+    print(f"  Blender scene          {blend} (cameras, sparse and dense points, textured mesh, splats, imported by the add-on)")
     for line in report_lines(metrics):
         print(f"  previews               {line}")
     print(f"  contact sheet          {report['previews']['contact_sheet']}")

@@ -47,7 +47,7 @@ class VIEW3D_PT_reconstruct(bpy.types.Panel):
         row.active = any(stage.name == "texture" for stage in toggled(s))
         row.prop(s, "texture_size")
         col.prop(s, "point_size")
-        look = col.box()
+        look = layout.box()  # usable while a job runs: it only switches materials
         look.label(text="Textured Meshes")
         look.row().prop(s, "mesh_colors", expand=True)
         look.prop(s, "mesh_relight")
