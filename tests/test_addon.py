@@ -32,7 +32,7 @@ def _reconstruct(photos: Path, quality: str = "fast", dense: bool = True):
     settings = bpy.context.scene.reconstruct
     settings.photos_dir = str(photos)
     settings.quality = quality
-    settings.stage_dense = settings.stage_mesh = dense
+    settings.stage_dense = settings.stage_mesh = settings.stage_texture = dense
     # Splats at a preset size take long on the CPU: the sidebar's request and the import of
     # splats are tested in test_dense_import.py and test_demo.py.
     settings.stage_splats = False
@@ -70,11 +70,15 @@ def test_photos_become_cameras_points_and_a_mesh_while_blender_stays_responsive(
     assert len(dense.data.vertices) > 10 * len(sparse.data.vertices)
     assert 1000 < len(mesh.data.polygons) <= 100_000  # the 'fast' face budget
     assert all(o.data.color_attributes for o in meshes.values()), "a cloud or the mesh has no colors"
+    from blender_addon.importers.mesh import is_textured
+
+    assert is_textured(mesh) and mesh.data.uv_layers, "the mesh did not get its texture"
     # The timer callback never held Blender's main thread for more than 20 ms while the job ran,
     # but for the calls that created a part's datablocks (one call per part; the files were
     # read on the add-on's reader thread meanwhile).
     assert_ticks_short(jobs.runner, minimum=20)
-    assert [t["part"] for t in jobs.runner.import_ticks] == ["cameras", "sparse", "dense", "mesh"]
+    # The mesh comes twice: vertex-coloured when the mesh stage is done, then textured.
+    assert [t["part"] for t in jobs.runner.import_ticks] == ["cameras", "sparse", "dense", "mesh", "mesh"]
 
 
 def test_synthetic_scene_cameras_match_the_ground_truth(jobs):

@@ -39,11 +39,12 @@ def jobs(shared):
     disable_addon()
 
 
-def _reconstruct(photos: Path, dense=False, mesh=False, splats=False, quality="fast"):
+def _reconstruct(photos: Path, dense=False, mesh=False, splats=False, quality="fast", texture=False):
     settings = bpy.context.scene.reconstruct
     settings.photos_dir = str(photos)
     settings.quality = quality
     settings.stage_dense, settings.stage_mesh, settings.stage_splats = dense, mesh, splats
+    settings.stage_texture = texture
     assert bpy.ops.reconstruct.run() == {"FINISHED"}
     return settings
 

@@ -111,9 +111,9 @@ def test_the_sidebar_sends_the_chosen_stages_and_region(tmp_path):
     jobs = fresh_blender_with_addon(BACKEND_PYTHON, str(tmp_path))
     try:
         settings = bpy.context.scene.reconstruct
-        assert settings.stage_dense and settings.stage_mesh and settings.stage_splats  # on by default
-        assert jobs.requested_stages(settings) == ["undistort", "fusion", "mesh", "splats"]
-        settings.stage_mesh = False
+        assert settings.stage_dense and settings.stage_mesh and settings.stage_texture and settings.stage_splats
+        assert jobs.requested_stages(settings) == ["undistort", "fusion", "mesh", "texture", "splats"]
+        settings.stage_mesh = settings.stage_texture = False
         assert jobs.requested_stages(settings) == ["undistort", "fusion", "splats"]
         settings.stage_dense = settings.stage_splats = False
         assert jobs.requested_stages(settings) == ["undistort"]

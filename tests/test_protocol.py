@@ -53,7 +53,7 @@ def test_full_job_streams_progress_in_stage_order(backend, temple, tmp_path):
     assert result["job"] == "j1"
     progress = [e for e in events if e["type"] == protocol.PROGRESS]
     order = list(dict.fromkeys(e["stage"] for e in progress))
-    assert order == ["features", "matching", "mapping", "undistort", "mvs", "fusion", "mesh", "splats"]
+    assert order == ["features", "matching", "mapping", "undistort", "mvs", "fusion", "mesh", "texture", "splats"]
     for stage in order:
         fractions = [e["fraction"] for e in progress if e["stage"] == stage]
         assert fractions[0] == 0.0 and fractions[-1] == 1.0

@@ -30,7 +30,7 @@ from conftest import REPO
 from protocol_helpers import Backend, write_grey_splats
 
 SERVER_MAX_FRAME = 64 << 20  # generous: the decoding budget, not the byte limit, refuses the 8 MiB frames below
-STAGE_OUTPUTS = ("job.json", "sparse", "undistorted", "dense", "mesh", "splats")
+STAGE_OUTPUTS = ("job.json", "sparse", "undistorted", "dense", "mesh", "texture", "splats")
 
 
 @pytest.fixture(scope="module")

@@ -60,7 +60,7 @@ drive(lambda: preferences.status["ok"] is not None, 120)
 times["check"] = time.monotonic() - started
 settings = bpy.context.scene.reconstruct
 settings.photos_dir, settings.quality = photos, "fast"
-settings.stage_dense = settings.stage_mesh = settings.stage_splats = False
+settings.stage_dense = settings.stage_mesh = settings.stage_texture = settings.stage_splats = False
 started = time.monotonic()
 assert bpy.ops.reconstruct.run() == {"FINISHED"}
 drive(lambda: settings.state in ("DONE", "ERROR", "CANCELLED") and not jobs.runner.running, 600)
