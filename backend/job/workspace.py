@@ -22,7 +22,7 @@ import os
 import shutil
 from pathlib import Path
 
-from blender_addon.shared.layout import ATLAS_PNG, MODEL_FILES, TEXTURED_GLB, Layout
+from blender_addon.shared.layout import ATLAS_PNG, MODEL_FILES, Layout
 from blender_addon.shared.stages import NAMES
 from backend.errors import ErrorCode, ReconstructError, file_error
 
@@ -62,7 +62,7 @@ class Workspace(Layout):
         required = {"mapping": [out / name for name in MODEL_FILES],
                     "undistort": [self.undistorted_model / name for name in MODEL_FILES] + [self.undistorted_images],
                     "mesh": [self.mesh_ply, self.mesh_glb],
-                    "texture": [self.textured_obj, self.texture_dir / ATLAS_PNG, self.texture_info],
+                    "texture": [self.textured_obj, self.textured_glb, self.texture_dir / ATLAS_PNG, self.texture_info],
                     "splats": [self.splats_ply]}.get(stage, [out])
         return all(path.exists() for path in required)
 
@@ -76,7 +76,7 @@ class Workspace(Layout):
         elif stage == "mesh":
             out.update(mesh=self.mesh_ply, mesh_glb=self.mesh_glb)
         elif stage == "texture":
-            out.update(textured_obj=self.textured_obj, textured_glb=self.texture_dir / TEXTURED_GLB)
+            out.update(textured_obj=self.textured_obj, textured_glb=self.textured_glb)
         elif stage == "splats":
             out["splats_ply"] = self.splats_ply
         return {name: str(path) for name, path in out.items()}

@@ -129,7 +129,9 @@ def pack(corner: np.ndarray, chart: np.ndarray, faces: np.ndarray, size: int) ->
                                "sidebar's Texture) or a smaller face budget.")
     mapping, indices, out_uv = atlas[0]
     out_uv = np.asarray(out_uv, np.float64)
-    texel = out_uv * [atlas.width, atlas.height]  # xatlas: texel coordinates, y down
+    # xatlas: texel coordinates, y down. A zero-area chart (a degenerate face) is left
+    # unpacked, outside the atlas: clamped into it, it shows a gutter colour.
+    texel = np.clip(out_uv * [atlas.width, atlas.height], 0.0, float(size))
     corner_uv = texel[np.asarray(indices, np.int64)]
     return Atlas(size, corner_uv, np.stack([texel[:, 0] / size, 1.0 - texel[:, 1] / size], 1),
                  np.asarray(indices, np.int32), vertex[np.asarray(mapping, np.int64)], int(atlas.chart_count),

@@ -74,20 +74,25 @@ def prepare_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, rgb: np.nda
                     None if rgb is None else linear_rgba(rgb).ravel())
 
 
-def prepare_textured_mesh(name: str, obj, folder) -> MeshData:
-    """A textured.obj (shared/obj_io.ObjMesh) as MeshData: the atlas's copies of a
-    vertex (one per chart it borders) merged back into one, so the mesh stays closed
-    and editable; the UVs go per corner, where Blender keeps them."""
-    import os
-
-    vertices = np.ascontiguousarray(obj.vertices, np.float32)
-    keys = np.ascontiguousarray(vertices).view(np.dtype((np.void, 12))).ravel()
-    unique, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-    faces = inverse.reshape(-1)[obj.faces]
-    rgb = None if obj.rgb is None else obj.rgb[first]
-    data = prepare_mesh(name, vertices[first], faces, rgb)
-    data.uv = np.ascontiguousarray(obj.uv[obj.faces].reshape(-1), np.float32)
-    data.texture = os.path.join(str(folder), obj.texture) if obj.texture else None
+def prepare_textured_mesh(name: str, vertices: np.ndarray, faces: np.ndarray, rgb: np.ndarray | None,
+                          glb, atlas: str) -> MeshData:
+    """The mesh stage's mesh (mesh.ply: vertices, faces, colours) with the texture
+    stage's UVs (textured.glb, shared/glb_io.GlbMesh: the same faces in the same
+    order, on the atlas's copies of the vertices), per corner, where Blender keeps
+    them; so the mesh stays closed and editable. Raises ValueError when the two do
+    not belong together."""
+    faces = np.asarray(faces, np.int64).reshape(-1, 3)
+    if glb.faces.shape != faces.shape:
+        raise ValueError(f"{name}: the texture has {len(glb.faces)} faces, the mesh {len(faces)}")
+    # glTF is +Y up (the texture stage wrote (x, z, -y)); the corners must be the mesh's own.
+    corners = glb.positions[glb.faces.ravel()][:, [0, 2, 1]] * np.array([1, -1, 1], np.float32)
+    if not np.allclose(corners, np.asarray(vertices, np.float32)[faces.ravel()], atol=1e-4, rtol=1e-5):
+        raise ValueError(f"{name}: the texture was made for another mesh")
+    data = prepare_mesh(name, vertices, faces, rgb)
+    uv = glb.uv[glb.faces.ravel()].astype(np.float32)
+    uv[:, 1] = 1.0 - uv[:, 1]  # glTF's v runs down the image, Blender's up
+    data.uv = np.ascontiguousarray(uv.ravel())
+    data.texture = atlas
     return data
 
 

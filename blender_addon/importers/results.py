@@ -29,14 +29,14 @@ from typing import Any
 import bpy
 
 from ..shared.colmap_io import read_model
-from ..shared.layout import Layout
+from ..shared.layout import ATLAS_PNG, Layout
 from .datablocks import undo_on_failure
 from .cameras import IMAGE_NAME_KEY, build_cameras, make_active_camera, prepare_cameras, workspace_model
 from .frame import job_origin, parent_to_origin
 from .mesh import build_mesh, prepare_mesh, prepare_textured_mesh, show_vertex_colors_in_solid_view
 from .points import MODIFIER as POINTS_MODIFIER, build_points, prepare_points
 from .splats import MODIFIER as SPLATS_MODIFIER, build_splats, prepare_splats
-from ..shared.obj_io import read_obj
+from ..shared.glb_io import read_glb
 from ..shared.ply_io import read_ply
 from ..shared.splat_ply import read_splats
 
@@ -73,7 +73,7 @@ def textured_file(workspace: Path) -> Path | None:
         stat = layout.mesh_ply.stat()
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not layout.textured_obj.is_file() or made_from != {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}:
+    if not (layout.textured_obj.is_file() and layout.textured_glb.is_file()) or made_from != {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}:
         return None
     return layout.textured_obj
 
@@ -126,8 +126,11 @@ def read_source(kind: str, path: Path, parts: tuple[str, ...], image_dir: Path |
         ply = read_ply(path)
         mesh = prepare_mesh(path.name, ply.column("x", "y", "z"), ply.faces, _rgb(ply))
         out.append(Prepared("mesh", mesh, mesh.num_faces, path))
-    elif kind == "textured":
-        mesh = prepare_textured_mesh(path.name, read_obj(path), path.parent)
+    elif kind == "textured":  # path: the texture stage's textured.obj; read from its binary siblings
+        layout = Layout(path.parent.parent)
+        ply = read_ply(layout.mesh_ply)
+        mesh = prepare_textured_mesh(path.name, ply.column("x", "y", "z"), ply.faces, _rgb(ply),
+                                     read_glb(layout.textured_glb), str(layout.texture_dir / ATLAS_PNG))
         out.append(Prepared("mesh", mesh, mesh.num_faces, path))
     elif kind == "splats":
         splats = prepare_splats(read_splats(path))

@@ -73,6 +73,8 @@ class Layout:
     @property
     def textured_obj(self) -> Path: return self.texture_dir / TEXTURED_OBJ
     @property
+    def textured_glb(self) -> Path: return self.texture_dir / TEXTURED_GLB
+    @property
     def texture_info(self) -> Path: return self.texture_dir / TEXTURE_INFO
     @property
     def splats_dir(self) -> Path: return self.output("splats")

@@ -1,12 +1,11 @@
 """The textured mesh's Wavefront OBJ, written by the backend's texture stage
-and read back by the add-on (and tests); numpy only. Only the subset we write:
+and read back by tests; numpy only. Only the subset we write:
 "v x y z [r g b]", "vt u v", triangles "f a/a b/b c/c" (one texture
 coordinate per vertex: the atlas's vertices, so that every reader, Blender's
 own importer and trimesh included, sees the same counts), one material.
-
-Why our own reader: Blender's OBJ importer is an operator that makes its own
-objects and materials on the main thread; the add-on needs the arrays on a
-reader thread, to build the job's mesh as every other part is built."""
+The add-on builds the job's mesh from binary files instead (mesh.ply and
+textured.glb, glb_io.py): parsing text would hold the GIL on its reader
+thread while Blender's timer runs."""
 from __future__ import annotations
 
 import io
