@@ -11,9 +11,9 @@ import pytest
 from backend.options import JobOptions
 from blender_addon.shared import estimate as est
 from blender_addon.shared.presets import CPU_PRESETS, QUALITY_PRESETS
-from conftest import REPO
+from conftest import DATA
 
-TEMPLE = REPO.parent / "shared" / "data" / "middlebury_temple_sparse_ring" / "images"
+TEMPLE = DATA / "middlebury_temple_sparse_ring" / "images"  # RECONSTRUCT_DATA or ../shared/data
 
 
 def test_without_a_gpu_the_preset_takes_its_cpu_values():
