@@ -288,7 +288,7 @@ def photos(tmp_path_factory):
     ({"stages": "mesh"}, "stages"),
     ({"stages": 5}, "stages"),
     ({"stages": [1]}, "stages"),
-    ({"stages": ["mesh", "texture"]}, "texture"),
+    ({"stages": ["mesh", "thumbnails"]}, "thumbnails"),
     ({"new": "yes"}, "new"),
     ({"options": {"sfm": {"max_image_size": "big"}}}, "max_image_size"),
     ({"options": {"sfm": "x"}}, "sfm"),
