@@ -189,7 +189,8 @@ def test_seams_do_not_show_in_a_render(synthetic_previews):
     assert seam.mean() <= 2.0 * inside.mean(), (seam.mean(), inside.mean())
 
 
-@pytest.mark.every_blender
+# Not every_blender: bpy 4.2.0 as a module crashes at interpreter exit (SIGSEGV, after the
+# tests pass) once its own glTF importer has run; the files are Blender-version independent.
 def test_other_tools_read_the_textured_mesh_with_the_same_counts(fountain_mesh_run, addon):
     """Acceptance 4: textured.obj and textured.glb load in Blender's own importers and
     in trimesh with the same vertex, face and UV counts; the atlas is as large as
