@@ -34,7 +34,7 @@ class Atlas:
     utilization: float
 
 
-def patches(faces, labels: np.ndarray, adjacency) -> np.ndarray:
+def patches(labels: np.ndarray, adjacency) -> np.ndarray:
     """[F] patch id: connected faces (through shared edges) with the same label."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components

@@ -61,7 +61,7 @@ def texture_mesh(mesh_ply: Path, undistorted: Path, out: Path, size: int, progre
 
     progress(0.35, "packing the atlas")
     t = time.perf_counter()
-    patch = atlas_.patches(faces, labels, adjacency)
+    patch = atlas_.patches(labels, adjacency)
     corner, chart = atlas_.layout_charts(vertices, faces, labels, patch,
                                          {i: p.xy for i, p in projections.items()})
     packed = atlas_.pack(corner, chart, faces, size)
@@ -91,12 +91,13 @@ def texture_mesh(mesh_ply: Path, undistorted: Path, out: Path, size: int, progre
 
     seen = labels >= 0
     used = np.unique(labels[seen])
-    seams = _seam_edges(faces, labels)
+    edges = adjacency.tocoo()  # each pair of neighbouring faces twice
+    seams = int((labels[edges.row] != labels[edges.col]).sum() // 2)
     stat = mesh_ply.stat()
     result = {
         "size": size, "atlas": ATLAS_PNG, "num_vertices": int(len(atlas_vertices)), "num_faces": int(len(faces)),
         "charts": packed.charts, "texels_per_pixel": packed.scale, "utilization": packed.utilization,
-        "faces_seen": float(seen.mean()), "photos_used": int(len(used)), "seam_edges": int(seams),
+        "faces_seen": float(seen.mean()), "photos_used": int(len(used)), "seam_edges": seams,
         "gains": {scene.views[i].name: [round(float(g), 4) for g in gains[i]] for i in used},
         **baked, "timings": {k: round(v, 2) for k, v in timings.items()},
         # Which mesh this texture is for: the add-on uses it only while mesh.ply is this one.
@@ -105,11 +106,6 @@ def texture_mesh(mesh_ply: Path, undistorted: Path, out: Path, size: int, progre
     }
     (out / TEXTURE_INFO).write_text(json.dumps(result, indent=1))
     return result
-
-
-def _seam_edges(faces: np.ndarray, labels: np.ndarray) -> int:
-    adjacency = views_.face_adjacency(faces).tocoo()
-    return int((labels[adjacency.row] != labels[adjacency.col]).sum() // 2)
 
 
 def texture_stage(ctx: "StageContext") -> dict:

@@ -172,7 +172,7 @@ def merge_small_patches(labels: np.ndarray, quality: np.ndarray, adjacency) -> n
     num_faces, num_views = quality.shape
     sees = (quality > 0).astype(np.float32)
     for _ in range(MERGE_ROUNDS):
-        patch = patches(None, labels, adjacency)
+        patch = patches(labels, adjacency)
         size = np.bincount(patch)
         small_faces = np.nonzero((size[patch] < SMALL_PATCH) & (labels >= 0))[0]
         if not len(small_faces):
