@@ -19,6 +19,7 @@ def register() -> None:
 
     from .ui import import_colmap, properties
     from .importers import cameras, frame
+    from .viewport import splat_draw
 
     properties.add_stage_toggles()
     for module in _modules():
@@ -28,6 +29,7 @@ def register() -> None:
     bpy.types.TOPBAR_MT_file_import.append(import_colmap.menu_func_import)
     bpy.app.handlers.depsgraph_update_post.append(cameras.sync_active_camera_resolution)
     frame.register_handlers()  # undo/redo keeps adjustment.json matching the job's parent empty
+    splat_draw.register()  # the viewport draws splat objects as Gaussians (not in background mode)
 
 
 def unregister() -> None:
@@ -36,7 +38,9 @@ def unregister() -> None:
     from .ui import import_colmap, preview_ops, properties
     from .link import jobs
     from .importers import cameras, frame
+    from .viewport import splat_draw
 
+    splat_draw.unregister()
     frame.unregister_handlers()
     preview_ops.unregister()
     jobs.unregister()

@@ -331,3 +331,34 @@ def test_relocation_formula_matches_the_paper():
     assert new_o.tolist() == pytest.approx([0.3, 1 - 0.1 ** (1 / 3), 1 - 0.5 ** 0.5], rel=1e-5)
     assert new_s[0].tolist() == pytest.approx([1.0, 1.0, 1.0], rel=1e-5)  # one copy: unchanged
     assert (new_s[1:] < 1).all()  # copies are smaller than the original
+
+
+def test_opacities_are_reset_at_the_steps_the_recipe_says(temple_undistorted, tmp_path, monkeypatch):
+    """3DGS caps every opacity at 0.01 every tenth of the run (3000 of 30,000
+    steps) while the splats grow (the first half). gsplat 1.5.3's
+    DefaultStrategy never does (its test is always false); the densifier does
+    it instead. A 300-step run resets at steps 60 and 120 (every 60 steps:
+    at least the first refinement, at 50, plus one refinement interval),
+    and not at 180 or 240, after the growth stopped at 150."""
+    import gsplat.strategy.ops as ops
+    from gsplat.strategy import DefaultStrategy
+
+    from backend.options import SplatOptions
+    from backend.splats import train as splat_train
+
+    resets, original_reset = [], ops.reset_opa
+
+    def spy(params, optimizers, state, value):
+        original_reset(params=params, optimizers=optimizers, state=state, value=value)
+        resets.append(float(torch.sigmoid(params["opacities"].detach()).max()))
+
+    after_backward, steps = splat_train.DefaultDensifier.after_backward, []
+    monkeypatch.setattr(splat_train.DefaultDensifier, "after_backward",
+                        lambda self, p, o, s, step, *a: steps.append(step) or after_backward(self, p, o, s, step, *a))
+    monkeypatch.setattr(ops, "reset_opa", lambda **k: (resets.append(steps[-1]), spy(**k)))
+    result = splat_train.train_splats(temple_undistorted, tmp_path, SplatOptions(
+        steps=300, max_image_size=48, strategy="default", max_splats=100_000, device="cpu"), lambda f, m: None)
+    assert result["num_splats"] > 0
+    assert not splat_train.gsplat_resets_opacity(DefaultStrategy)  # gsplat 1.5.3: its own test never fires
+    assert resets[0::2] == [60, 120], resets
+    assert max(resets[1::2]) <= 0.01 + 1e-6  # every opacity capped at twice gsplat's pruning threshold

@@ -109,6 +109,8 @@ def test_splats_render_with_cycles_from_a_photo_camera(tmp_path):
     splats (alpha) and nothing else."""
     splats = blob()
     obj = import_splats("splats", splats, bpy.context.scene.collection)
+    assert _instances(obj) == 0  # the viewport draws the Gaussians; the ellipsoids are hidden there...
+    set_display(obj, ellipsoids=True)  # ...until asked for (the editable geometry)
     assert _instances(obj) == len(splats)
     set_display(obj, density=0.25)  # large captures stay usable: a quarter is shown
     assert 0.2 * len(splats) < _instances(obj) < 0.3 * len(splats)

@@ -6,6 +6,8 @@ with a CUDA kernel), so on the CPU training and rendering use this one. It
 follows gsplat's conventions so the two are interchangeable and comparable
 (tests/test_splat_train.py compares them where CUDA is present):
 
+The conventions shared with the add-on's viewport drawing are in
+blender_addon/shared/splat_math.py:
 - EWA projection with gsplat's Jacobian clipping, a 0.3 px^2 blur added to the
   2D covariance and an opacity-aware 3-sigma box (at most 3.33 sigma); pixel
   centres at +0.5;
@@ -32,21 +34,12 @@ import math
 
 import torch
 
-from blender_addon.shared.splat_ply import SH_C0
+from blender_addon.shared.splat_math import (ALPHA_MAX, ALPHA_MIN, EPS2D, MAX_EXTEND, NEAR_PLANE, SH_C0, SH_C1 as _SH_C1,
+                                              SH_C2 as _SH_C2, SH_C3 as _SH_C3)
 
 TILE = 4
-EPS2D = 0.3
-ALPHA_MIN = 1.0 / 255.0
-ALPHA_MAX = 0.999
 T_MIN = 1e-4
-MAX_EXTEND = 3.33
 CHUNK_PIXELS = 1 << 22  # pair-pixel evaluations per chunk (~50 bytes each while computed, 8 kept for backward)
-
-_SH_C1 = 0.4886025119029199
-_SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792,
-          0.5462742152960396)
-_SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154,
-          -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
 
 
 def sh_basis(degree: int, dirs: torch.Tensor) -> torch.Tensor:
@@ -78,7 +71,7 @@ def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:
 
 def rasterize(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
               colors: torch.Tensor, viewmats: torch.Tensor, Ks: torch.Tensor, width: int, height: int,
-              sh_degree: int | None = None, backgrounds: torch.Tensor | None = None, near_plane: float = 0.01,
+              sh_degree: int | None = None, backgrounds: torch.Tensor | None = None, near_plane: float = NEAR_PLANE,
               far_plane: float = 1e10, **_ignored) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Render splats into C cameras; the arguments and results mean what they
     mean for `gsplat.rasterization` (non-packed): means [N, 3], quats [N, 4],

@@ -234,11 +234,21 @@ class Densifier:
 
 class DefaultDensifier(Densifier):
     """gsplat's DefaultStrategy (split, clone and prune by screen-space
-    gradient, as in the 3DGS paper); it stops growing at `max_splats`."""
+    gradient, as in the 3DGS paper); it stops growing at `max_splats`.
+
+    The paper's recipe also caps every opacity at 0.01 every `reset_every`
+    steps while the splats grow, so that floaters must earn their opacity
+    back or be pruned. gsplat 1.5.3 never does: `&` binds tighter than the
+    comparisons, so its test `step % self.reset_every == 0 & step > 0` is
+    the chain `step % reset_every == (0 & step) > 0`, whose second link
+    `0 > 0` is always false (fixed upstream after 1.5.3). Where gsplat's
+    test is that one, this adapter does the reset itself, at the steps
+    gsplat would have."""
 
     def __init__(self, strategy, scale: float, max_splats: int):
         super().__init__(strategy, scale)
         self.max_splats = max_splats
+        self.resets_opacity = not gsplat_resets_opacity(type(strategy))
 
     def initial_state(self) -> dict:
         return self.strategy.initialize_state(scene_scale=self.scale)
@@ -247,7 +257,13 @@ class DefaultDensifier(Densifier):
         self.strategy.step_pre_backward(params, optimizers, state, step, info)
 
     def after_backward(self, params, optimizers, state, step, info, means_lr):
+        # Read before gsplat's step: the budget below may end the growth at this step.
+        growing = step < self.strategy.refine_stop_iter
         self.strategy.step_post_backward(params, optimizers, state, step, info)
+        if self.resets_opacity and growing and step > 0 and step % self.strategy.reset_every == 0:
+            from gsplat.strategy.ops import reset_opa
+
+            reset_opa(params=params, optimizers=optimizers, state=state, value=self.strategy.prune_opa * 2.0)
         if len(params["means"]) >= self.max_splats:  # the budget is reached: stop growing
             self.strategy.refine_stop_iter = min(self.strategy.refine_stop_iter, step + 1)
 
@@ -274,6 +290,16 @@ class MCMCDensifier(Densifier):
     def after_backward(self, params, optimizers, state, step, info, means_lr):
         with self.ops():
             self.strategy.step_post_backward(params, optimizers, state, step, info, lr=means_lr)
+
+
+def gsplat_resets_opacity(strategy_class) -> bool:
+    """Whether gsplat's DefaultStrategy resets opacities itself: false for the
+    releases with the always-false test (see DefaultDensifier). Read from
+    its source, because the test cannot be reached without a whole training
+    step's state."""
+    import inspect
+
+    return "== 0 & step > 0" not in inspect.getsource(strategy_class.step_post_backward)
 
 
 def make_densifier(opts: SplatOptions, schedule: Schedule, scale: float, device) -> Densifier:

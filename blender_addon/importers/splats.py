@@ -2,14 +2,19 @@
 
 The object is a mesh of loose vertices (one per splat, bulk-filled) with the splats'
 attributes on the point domain: ``Color`` (scene-linear, from the degree-0 term),
-``opacity`` (0..1), ``scale`` (the Gaussian's standard deviations) and ``rotation``
-(a quaternion). A shared geometry nodes group instances a small ellipsoid on each
-point, oriented and stretched by them, and keeps a random ``Density`` fraction of
-the splats so large captures stay interactive. A shared material shows the colour
-unlit and mixes it with transparency by the opacity; Cycles and EEVEE read both from
-the instancer. The ellipsoids are drawn at ``Size`` standard deviations with uniform
-opacity: a display of the splats, not the splatting renderer (the backend renders
-those exactly).
+``opacity`` (0..1), ``scale`` (the Gaussian's standard deviations), ``rotation``
+(a quaternion) and the spherical harmonics as the file holds them, one float
+attribute per property under the file's names (``f_dc_0..2``, ``f_rest_0..44`` for
+degree 3), as other splat tools name them.
+
+The viewport draws the splats as Gaussians (viewport/splat_draw.py). A shared
+geometry nodes group is the editable, exportable representation: it instances a
+small ellipsoid on each point, oriented and stretched by them, and keeps a random
+``Density`` fraction of the splats (the viewport drawing keeps the same share). It
+is off in the viewport (the Gaussians show there instead) and on in renders, where
+a shared material shows the colour unlit, mixed with transparency by the opacity:
+ellipsoids at ``Size`` standard deviations with uniform opacity, a display of the
+splats, not the splatting renderer.
 """
 
 from dataclasses import dataclass
@@ -17,13 +22,16 @@ from dataclasses import dataclass
 import bpy
 import numpy as np
 
-from ..shared.splat_ply import Splats
+from ..shared.splat_math import MAX_SH_DEGREE
+from ..shared.splat_ply import Splats, sh_property_names
+from ..viewport import splat_draw
 from .datablocks import node_group, node_material
 from .points import COLOR_ATTRIBUTE, _input_identifier, linear_rgba
 
 NODE_GROUP = MODIFIER = MATERIAL = "Reconstruct Splats"
 DENSITY, SIZE = "Density", "Size"
 OPACITY, SCALE, ROTATION = "opacity", "scale", "rotation"
+KIND_KEY = "reconstruct_splats"  # marks a splat object (the viewport draws these)
 # The custom property that marks our node groups and materials (with their version,
 # bumped when they change, so files with an older one get a new one); also how the
 # previews tell our viewport aids.
@@ -40,16 +48,33 @@ class SplatsData:
     opacity: np.ndarray  # [N]
     scale: np.ndarray  # [N * 3]
     rotation: np.ndarray  # [N * 4] unit (w, x, y, z)
+    sh: list[np.ndarray]  # [N] each, contiguous: the SH properties in sh_property_names's order
 
     def __len__(self) -> int:
         return len(self.opacity)
+
+    def for_drawing(self) -> splat_draw.SplatArrays:
+        """The same splats as the viewport drawing holds them (views, no copies)."""
+        n = len(self)
+        return splat_draw.SplatArrays(self.means.reshape(n, 3), self.opacity, self.scale.reshape(n, 3),
+                                      self.rotation.reshape(n, 4), self.sh)
 
 
 def prepare_splats(splats: Splats) -> SplatsData:
     """The numpy half of :func:`import_splats`: conversions, no bpy."""
     f32 = lambda a: np.ascontiguousarray(a, np.float32).ravel()  # noqa: E731
     return SplatsData(f32(splats.means), linear_rgba(splats.colors()).ravel(), f32(splats.opacities()),
-                      f32(splats.scales()), f32(splats.unit_quats()))
+                      f32(splats.scales()), f32(splats.unit_quats()), [f32(c) for c in splats.sh_columns()])
+
+
+def sh_attribute_names(mesh: bpy.types.Mesh) -> list[str]:
+    """The mesh's spherical-harmonic attributes (the highest whole degree it holds), in
+    sh_property_names's order."""
+    for degree in range(MAX_SH_DEGREE, -1, -1):
+        names = sh_property_names(degree)
+        if all(name in mesh.attributes for name in names):
+            return names
+    return []
 
 
 def import_splats(name: str, splats: Splats, collection: bpy.types.Collection, density: float = 1.0,
@@ -70,6 +95,8 @@ def build_splats(name: str, data: SplatsData, collection: bpy.types.Collection, 
     if n:
         mesh.attributes["position"].data.foreach_set("vector", data.means)
         color.data.foreach_set("color", data.rgba)
+    degree = round(np.sqrt(len(data.sh) / 3)) - 1
+    attrs.update({name: ("FLOAT", "value", column) for name, column in zip(sh_property_names(degree), data.sh)})
     for attr_name, (kind, prop, values) in attrs.items():
         attr = mesh.attributes.new(attr_name, kind, "POINT")
         if n:
@@ -77,22 +104,45 @@ def build_splats(name: str, data: SplatsData, collection: bpy.types.Collection, 
     mesh.color_attributes.active_color = color
     mesh.update()
     obj = bpy.data.objects.new(name, mesh)
+    obj[KIND_KEY] = True
+    obj[splat_draw.SHOW_PROP] = True
     collection.objects.link(obj)
     modifier = obj.modifiers.new(MODIFIER, "NODES")
     modifier.node_group = splats_node_group()
+    modifier.show_viewport = False  # the viewport draws the Gaussians themselves
     set_display(obj, density=density, size=size)
+    splat_draw.remember(obj, data.for_drawing())
     return obj
 
 
-def set_display(obj: bpy.types.Object, density: float | None = None, size: float | None = None) -> None:
-    """The fraction of splats shown (0..1) and their drawn size in standard deviations."""
+def _splat_modifier(obj: bpy.types.Object):
     modifier = obj.modifiers.get(MODIFIER)
     if modifier is None or modifier.node_group is None:
         raise ValueError(f"{obj.name!r} is not a splat object imported by Reconstruct")
+    return modifier
+
+
+def set_display(obj: bpy.types.Object, density: float | None = None, size: float | None = None,
+                ellipsoids: bool | None = None) -> None:
+    """The fraction of splats shown (0..1, in the viewport drawing and the
+    ellipsoids), the ellipsoids' size in standard deviations, and whether the
+    viewport shows the ellipsoids (the editable geometry) as well."""
+    modifier = _splat_modifier(obj)
     for socket, value in ((DENSITY, density), (SIZE, size)):
         if value is not None:
             modifier[_input_identifier(modifier.node_group, socket)] = float(value)
+    if ellipsoids is not None:
+        modifier.show_viewport = ellipsoids
     obj.update_tag()
+
+
+def density_identifier(modifier) -> str:
+    return _input_identifier(modifier.node_group, DENSITY)
+
+
+def display_density(obj: bpy.types.Object) -> float:
+    modifier = _splat_modifier(obj)
+    return float(modifier[density_identifier(modifier)])
 
 
 def splats_node_group() -> bpy.types.GeometryNodeTree:

@@ -29,8 +29,20 @@ class Ply:
 
     def column(self, *names: str, dtype=np.float32) -> np.ndarray:
         """[N, len(names)] array of the named vertex properties."""
-        return np.stack([self.vertices[n].astype(dtype) for n in names], axis=1) if len(self.vertices) else \
-            np.zeros((0, len(names)), dtype)
+        v = self.vertices
+        if not len(v):
+            return np.zeros((0, len(names)), dtype)
+        fields = v.dtype.fields
+        f4 = np.dtype("<f4")
+        if np.dtype(dtype) == f4 and v.flags.c_contiguous and v.dtype.itemsize % 4 == 0 and \
+                all(fields[n][0] == f4 and fields[n][1] % 4 == 0 for n in names):
+            # Float32 properties (splat files hold only those): one gather from the records seen as a
+            # float matrix, not one strided copy per property (3M splats: 6 s -> under 1 s).
+            # The result is the transpose of a [len(names), N] array: each property's values are
+            # contiguous (result[:, i] is a view foreach_set takes without a copy).
+            floats = v.view(np.uint8).reshape(len(v), v.dtype.itemsize).view(f4)
+            return floats.T[[fields[n][1] // 4 for n in names]].T
+        return np.stack([v[n].astype(dtype) for n in names], axis=1)
 
     def has(self, *names: str) -> bool:
         return all(n in (self.vertices.dtype.names or ()) for n in names)
@@ -83,7 +95,8 @@ def read_ply(path: str | Path) -> Ply:
             array = np.frombuffer(data, dtype, count, pos)
             pos += size
             if name == "vertex":
-                vertices = array.astype(array.dtype.newbyteorder("="))
+                # Native byte order is used as read (read-only, no copy of a large file).
+                vertices = array if array.dtype.isnative else array.astype(array.dtype.newbyteorder("="))
     if vertices is None:
         raise PlyError(f"{path} has no vertex element")
     return Ply(vertices, faces)

@@ -18,10 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .ply_io import PlyError, read_ply, write_ply
+from .splat_math import SH_C0, sh_coefficients  # colour = 0.5 + SH_C0 * f_dc
 
-# The degree-0 spherical harmonic, colour = 0.5 + SH_C0 * f_dc: defined here only (bpy-free), the
-# backend's training and rasteriser import it.
-SH_C0 = 0.28209479177387814
 REQUIRED = ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity", "scale_0", "scale_1", "scale_2",
             "rot_0", "rot_1", "rot_2", "rot_3")
 
@@ -33,7 +31,7 @@ class Splats:
     quats: np.ndarray  # [N, 4] (w, x, y, z)
     opacity_logits: np.ndarray  # [N]
     sh_dc: np.ndarray  # [N, 3]
-    sh_rest: np.ndarray  # [N, K, 3], K = (degree + 1)^2 - 1
+    sh_rest: np.ndarray  # [N, K, 3], K = (degree + 1)^2 - 1 (read from a file: a strided view)
 
     def __len__(self) -> int:
         return len(self.means)
@@ -52,6 +50,11 @@ class Splats:
     def scales(self) -> np.ndarray:
         return np.exp(self.log_scales)
 
+    def sh_columns(self) -> list[np.ndarray]:
+        """[N] arrays of each SH property, in sh_property_names's order (views where the layout allows)."""
+        k = self.sh_rest.shape[1]
+        return [self.sh_dc[:, c] for c in range(3)] + [self.sh_rest[:, j, c] for c in range(3) for j in range(k)]
+
     def unit_quats(self) -> np.ndarray:
         return self.quats / np.maximum(np.linalg.norm(self.quats, axis=1, keepdims=True), 1e-12)
 
@@ -68,11 +71,19 @@ def read_splats(path: str | Path) -> Splats:
     k = len(rest) // 3
     if round(np.sqrt(k + 1)) ** 2 != k + 1:
         raise PlyError(f"{path}: {k} higher-order coefficients per channel is no spherical-harmonic degree")
+    # Views of the file's columns (ply.column keeps each property contiguous): a file's SH are
+    # most of its bytes, and the add-on hands each column to Blender as it is.
     sh_rest = ply.column(*rest).reshape(-1, 3, k).transpose(0, 2, 1) if k else \
         np.zeros((len(ply.vertices), 0, 3), np.float32)
     return Splats(ply.column("x", "y", "z"), ply.column("scale_0", "scale_1", "scale_2"),
                   ply.column("rot_0", "rot_1", "rot_2", "rot_3"), ply.column("opacity")[:, 0],
-                  ply.column("f_dc_0", "f_dc_1", "f_dc_2"), np.ascontiguousarray(sh_rest))
+                  ply.column("f_dc_0", "f_dc_1", "f_dc_2"), sh_rest)
+
+
+def sh_property_names(degree: int) -> list[str]:
+    """The file's spherical-harmonic properties for `degree`, in the order of
+    Splats.sh_columns: f_dc_0..2, then f_rest_0.. (channel after channel)."""
+    return ["f_dc_0", "f_dc_1", "f_dc_2", *(f"f_rest_{i}" for i in range(3 * (sh_coefficients(degree) - 1)))]
 
 
 def write_splats(path: str | Path, splats: Splats) -> None:

@@ -19,6 +19,23 @@ class RECONSTRUCT_UL_messages(bpy.types.UIList):
         layout.label(text=item.text, icon="ERROR")
 
 
+def draw_splat_display(layout, obj) -> None:
+    """The active splat object's display: the Gaussians (the viewport's drawing),
+    the ellipsoids (its editable geometry) and the share of splats shown."""
+    from ..importers import splats
+    from ..viewport.splat_draw import SHOW_PROP
+
+    if obj is None or not obj.get(splats.KIND_KEY) or obj.modifiers.get(splats.MODIFIER) is None:
+        return
+    modifier = obj.modifiers[splats.MODIFIER]
+    box = layout.box()
+    box.label(text=f"Splats: {obj.name}")
+    row = box.row(align=True)
+    row.prop(obj, f'["{SHOW_PROP}"]', text="Gaussians", toggle=True)
+    row.prop(modifier, "show_viewport", text="Ellipsoids", toggle=True)
+    box.prop(modifier, f'["{splats.density_identifier(modifier)}"]', text="Density")
+
+
 class VIEW3D_PT_reconstruct(bpy.types.Panel):
     bl_space_type = "VIEW_3D"
     bl_region_type = "UI"
@@ -51,6 +68,7 @@ class VIEW3D_PT_reconstruct(bpy.types.Panel):
         look.label(text="Textured Meshes")
         look.row().prop(s, "mesh_colors", expand=True)
         look.prop(s, "mesh_relight")
+        draw_splat_display(layout, context.active_object)
         row = layout.row(align=True)
         row.scale_y = 1.4
         row.operator("reconstruct.run", icon="PLAY")
