@@ -195,6 +195,11 @@ class Schedule:
         return min(500, 5 * self.refine_every)
 
     @property
+    def reset_every(self) -> int:
+        """Opacity resets (3000 of 30k steps), at least one refinement after the first."""
+        return max(self.refine_start + self.refine_every, self.steps // 10)
+
+    @property
     def sh_interval(self) -> int:
         return min(1000, max(1, self.steps // 10))
 
@@ -313,8 +318,7 @@ def make_densifier(opts: SplatOptions, schedule: Schedule, scale: float, device)
                              scale, on_cuda=device.type == "cuda")
     return DefaultDensifier(DefaultStrategy(refine_start_iter=schedule.refine_start,
                                             refine_stop_iter=schedule.steps // 2, refine_every=schedule.refine_every,
-                                            reset_every=max(schedule.refine_start + schedule.refine_every,
-                                                            schedule.steps // 10)),
+                                            reset_every=schedule.reset_every),
                             scale, opts.max_splats)
 
 
