@@ -24,7 +24,8 @@ import numpy as np
 from . import splat_shader
 
 SHOW_PROP = "reconstruct_show_splats"  # per-object toggle (the sidebar's), on by default
-_CACHE: dict[int, "DrawnSplats"] = {}
+_CACHE: dict[int, "DrawnSplats"] = {}  # by mesh pointer
+_UNDRAWABLE: set[int] = set()  # meshes too large for this GPU's textures (said once on the console)
 _HANDLER = None
 _SHADER = None
 _BATCH = None
@@ -210,6 +211,11 @@ def remember(obj: bpy.types.Object, arrays: SplatArrays) -> DrawnSplats:
     """Keep `arrays` as what `obj` draws (the importer has them already: no read back)."""
     shuffle = np.random.default_rng(0).permutation(len(arrays)).astype(np.int64)
     drawn = DrawnSplats(arrays, shuffle)
+    # Forget meshes that are gone (a rerun replaces the job's splats): their arrays and textures
+    # are large, and a freed mesh's pointer may be reused.
+    alive = {mesh.as_pointer() for mesh in bpy.data.meshes}
+    for pointer in [p for p in _CACHE if p not in alive]:
+        del _CACHE[pointer]
     _CACHE[obj.data.as_pointer()] = drawn
     return drawn
 
@@ -246,11 +252,15 @@ def _draw_callback() -> None:
     if region is None or rv3d is None:
         return
     for obj in splat_objects(context.scene, context.view_layer):
+        if obj.data.as_pointer() in _UNDRAWABLE:
+            continue
         try:
             draw_object(obj, rv3d.view_matrix, rv3d.window_matrix, (region.width, region.height))
         except ValueError as error:  # too many splats for this GPU: say so once, draw the rest
-            obj[SHOW_PROP] = False
-            print(f"Reconstruct: {obj.name} is not drawn: {error}")
+            # (a draw callback may not write to the object, so the refusal is kept here)
+            _UNDRAWABLE.add(obj.data.as_pointer())
+            print(f"Reconstruct: {obj.name} is not drawn in the viewport: {error}. "
+                  "Its ellipsoids (sidebar > Splats) still show it.")
     gpu.state.blend_set("NONE")
 
 
@@ -266,6 +276,7 @@ def unregister() -> None:
         bpy.types.SpaceView3D.draw_handler_remove(_HANDLER, "WINDOW")
     _HANDLER = _SHADER = _BATCH = None
     _CACHE.clear()
+    _UNDRAWABLE.clear()
 
 
 def render_offscreen(objects, view_matrix, projection, width: int, height: int) -> np.ndarray:
