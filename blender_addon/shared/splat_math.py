@@ -14,8 +14,6 @@ once so the two draw the same image.
 """
 from __future__ import annotations
 
-import math
-
 EPS2D = 0.3
 ALPHA_MIN = 1.0 / 255.0
 ALPHA_MAX = 0.999
@@ -36,7 +34,3 @@ def sh_coefficients(degree: int) -> int:
     """Coefficients per colour channel of a spherical harmonic of `degree`."""
     return (degree + 1) ** 2
 
-
-def extend(opacity: float) -> float:
-    """Standard deviations a splat of `opacity` covers (see the module's text)."""
-    return min(math.sqrt(2.0 * math.log(max(opacity / ALPHA_MIN, 1.0))), MAX_EXTEND)
