@@ -160,7 +160,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     splats = s["splats"]
     if splats["num_splats"] is not None:
         score = f", held-out PSNR {splats['psnr']:.2f} dB, SSIM {splats['ssim']:.3f}" if splats["psnr"] else ""
-        print(f"splats: {splats['num_splats']} after {splats['steps']} steps at {splats['image_size'][0]} px"
+        start = f", started at {splats['started_from']}" if splats.get("started_from") else ""
+        print(f"splats: {splats['num_splats']} after {splats['steps']} steps at {splats['image_size'][0]} px{start}"
               f"{score} -> {result.artifacts['splats_ply']}")
     print(f"ran: {', '.join(result.ran) or 'nothing (all stages up to date)'}")
     print(f"summary: {result.artifacts['summary']}")

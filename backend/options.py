@@ -99,7 +99,7 @@ class DenseOptions:
 
 @dataclass
 class SplatOptions:
-    """3D Gaussian splatting: cameras, sparse points and photos to splats."""
+    """3D Gaussian splatting: cameras, dense points and photos to splats."""
 
     steps: int = field(default=7000, metadata={"range": (1, 10_000_000), "flag": "--splat-steps"})
     """Training steps (one photo each)."""

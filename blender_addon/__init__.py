@@ -20,6 +20,7 @@ def register() -> None:
     from .ui import import_colmap, properties
     from .importers import cameras, frame
     from .viewport import splat_draw
+    from .render import compositing
 
     properties.add_stage_toggles()
     for module in _modules():
@@ -30,6 +31,7 @@ def register() -> None:
     bpy.app.handlers.depsgraph_update_post.append(cameras.sync_active_camera_resolution)
     frame.register_handlers()  # undo/redo keeps adjustment.json matching the job's parent empty
     splat_draw.register()  # the viewport draws splat objects as Gaussians (not in background mode)
+    compositing.register()  # F12 draws them before each frame, for the compositor to lay in
 
 
 def unregister() -> None:
@@ -39,7 +41,9 @@ def unregister() -> None:
     from .link import jobs
     from .importers import cameras, frame
     from .viewport import splat_draw
+    from .render import compositing
 
+    compositing.unregister()
     splat_draw.unregister()
     frame.unregister_handlers()
     preview_ops.unregister()

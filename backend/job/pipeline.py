@@ -1,6 +1,7 @@
-"""The job runner: photos -> features -> matching -> mapping -> undistort,
-then mvs -> fusion -> mesh and, beside them, splats (the stages are declared
-in blender_addon/shared/stages.py); each stage cached by the hash of its inputs.
+"""The job runner: photos -> features -> matching -> mapping -> undistort
+-> mvs -> fusion, then mesh -> texture and, from the dense points too, splats
+(the stages are declared in blender_addon/shared/stages.py); each stage cached
+by the hash of its inputs.
 
 A stage's hash chains the identity of the last run of the stage it reads
 (Stage.reads) with the options it reads (Stage.options), so changing an
@@ -381,6 +382,6 @@ def _texture_summary(result: dict) -> dict:
 
 
 def _splat_summary(result: dict) -> dict:
-    keys = ("num_splats", "steps", "image_size", "sh_degree", "strategy", "held_out", "psnr", "ssim",
+    keys = ("num_splats", "started_from", "steps", "image_size", "sh_degree", "strategy", "held_out", "psnr", "ssim",
             "steps_per_second", "train_seconds", "first_step_seconds", "background", "resumed_from_step")
     return {k: result.get(k) for k in keys}

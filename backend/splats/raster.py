@@ -34,8 +34,7 @@ import math
 
 import torch
 
-from blender_addon.shared.splat_math import (ALPHA_MAX, ALPHA_MIN, EPS2D, MAX_EXTEND, NEAR_PLANE, SH_C0, SH_C1 as _SH_C1,
-                                              SH_C2 as _SH_C2, SH_C3 as _SH_C3)
+from blender_addon.shared.splat_math import ALPHA_MAX, ALPHA_MIN, EPS2D, MAX_EXTEND, NEAR_PLANE, sh_basis_terms
 
 TILE = 4
 T_MIN = 1e-4
@@ -45,19 +44,7 @@ CHUNK_PIXELS = 1 << 22  # pair-pixel evaluations per chunk (~50 bytes each while
 def sh_basis(degree: int, dirs: torch.Tensor) -> torch.Tensor:
     """[..., (degree + 1)^2] real spherical-harmonic basis at unit `dirs` [..., 3]
     (the 3DGS / gsplat ordering and signs)."""
-    x, y, z = dirs.unbind(-1)
-    out = [torch.full_like(x, SH_C0)]
-    if degree >= 1:
-        out += [-_SH_C1 * y, _SH_C1 * z, -_SH_C1 * x]
-    if degree >= 2:
-        xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
-        out += [_SH_C2[0] * xy, _SH_C2[1] * yz, _SH_C2[2] * (2 * zz - xx - yy), _SH_C2[3] * xz,
-                _SH_C2[4] * (xx - yy)]
-    if degree >= 3:
-        out += [_SH_C3[0] * y * (3 * xx - yy), _SH_C3[1] * xy * z, _SH_C3[2] * y * (4 * zz - xx - yy),
-                _SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy), _SH_C3[4] * x * (4 * zz - xx - yy),
-                _SH_C3[5] * z * (xx - yy), _SH_C3[6] * x * (xx - 3 * yy)]
-    return torch.stack(out, -1)
+    return torch.stack(sh_basis_terms(degree, *dirs.unbind(-1)), -1)
 
 
 def quat_to_rotmat(quats: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """3D Gaussian splatting: train splats on the undistorted photos and cameras.
 
 The recipe is gsplat's simple trainer (Kerbl et al. 2023 with gsplat's
-defaults): splats start at the sparse points, with the mean distance to their
-three nearest neighbours as scale; Adam per parameter with gsplat's learning
+defaults), except that splats start at the dense points (see
+starting_points), with the mean distance to their three nearest neighbours
+as scale; Adam per parameter with gsplat's learning
 rates (the means' decaying to 1% over the run; raised for runs under 3000
 steps, see learning_rates); loss 0.8 L1 + 0.2 (1 - SSIM);
 spherical-harmonic degrees switched on one by one; densification by gsplat's
@@ -123,9 +124,42 @@ def scene_scale(frames: list[Frame]) -> float:
     return float(np.linalg.norm(centres - centres.mean(0), axis=1).max() * 1.1) or 1.0
 
 
+DENSE_START_SHARE = 0.5
+"""The share of max_splats that starts at dense points; the rest is left for densification to add."""
+
+
+def starting_points(dense_ply: Path | None, sparse_points: np.ndarray, sparse_colors: np.ndarray,
+                    opts: SplatOptions) -> tuple[np.ndarray, np.ndarray, str]:
+    """Where the splats start: the fused dense points (a random, seeded
+    subset: DENSE_START_SHARE of max_splats, or as many as the sparse points
+    if those are more, never above max_splats), or the sparse points where the
+    dense cloud has fewer. gsplat's recipe starts at the sparse
+    points, and at the CPU preset's 300 steps that leaves whatever the few
+    sparse points miss unfilled: on the temple ring (1,401 sparse points) a
+    photo between two training photos scored 14.4 dB held out; started at
+    50,000 of its 211,331 dense points, 22.6 dB in the same time
+    (benchmarks/results/splats_temple.md). Returns points, colours (0-255)
+    and which cloud they came from."""
+    from blender_addon.shared.ply_io import read_ply
+
+    if dense_ply is None or not dense_ply.exists():
+        return sparse_points, sparse_colors, "sparse points"
+    cloud = read_ply(dense_ply)
+    if len(cloud.vertices) <= len(sparse_points):
+        return sparse_points, sparse_colors, "sparse points (the dense cloud has fewer)"
+    points = cloud.column("x", "y", "z", dtype=np.float64)
+    colors = cloud.column("red", "green", "blue", dtype=np.float64) if cloud.has("red", "green", "blue") \
+        else np.full((len(points), 3), 128.0)
+    keep = min(opts.max_splats, max(int(opts.max_splats * DENSE_START_SHARE), len(sparse_points)))
+    if len(points) > keep:
+        pick = np.sort(np.random.default_rng(opts.seed).choice(len(points), keep, replace=False))
+        points, colors = points[pick], colors[pick]
+    return points, colors, f"{len(points):,} of {len(cloud.vertices):,} dense points"
+
+
 def init_params(points: np.ndarray, colors: np.ndarray, opts: SplatOptions, device, generator,
                 scale_factor: float = 1.0, opacity: float = 0.1) -> dict:
-    """Splats at the sparse points (at most opts.max_splats of them): the
+    """Splats at `points` (at most opts.max_splats of them): the
     neighbour spacing times `scale_factor` as scale, `opacity`, the point's
     colour; the strategy's densifier says which factor and opacity."""
     import torch
@@ -135,7 +169,7 @@ def init_params(points: np.ndarray, colors: np.ndarray, opts: SplatOptions, devi
 
     if len(points) < 4:
         raise ReconstructError(ErrorCode.COULD_NOT_RECONSTRUCT,
-                               f"Splats start from the sparse points, and there are only {len(points)}.",
+                               f"Splats start from the reconstructed points, and there are only {len(points)}.",
                                "Reconstruct with more, overlapping photos first.")
     if len(points) > opts.max_splats:
         keep = np.random.default_rng(opts.seed).choice(len(points), opts.max_splats, replace=False)
@@ -212,7 +246,7 @@ class Densifier:
     strategies, so the training loop calls the same five methods whichever
     was chosen. This base class is the interface and its do-nothing parts."""
 
-    init_scale = 1.0  # the starting splats' scale, times the spacing of the sparse points
+    init_scale = 1.0  # the starting splats' scale, times the spacing of their points
     init_opacity = 0.1
 
     def __init__(self, strategy, scale: float):
@@ -460,9 +494,11 @@ class _Run:
 
 
 def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress: Progress,
-                 warn: Callable[[str, str], None] = lambda code, message: None) -> dict:
-    """Train (or resume training) into `out_dir`; writes splats.ply and
-    splats.json there and returns the stage's result. `warn(code, message)`
+                 warn: Callable[[str, str], None] = lambda code, message: None,
+                 dense_ply: Path | None = None) -> dict:
+    """Train (or resume training) into `out_dir`, starting at `dense_ply`'s
+    points where it has more than the sparse model (starting_points); writes
+    splats.ply and splats.json there and returns the stage's result. `warn(code, message)`
     tells the user about a checkpoint that had to be set aside, and about a
     CUDA GPU the splats cannot use (gsplat without kernels: they train on the
     CPU with our rasteriser instead of failing)."""
@@ -480,6 +516,7 @@ def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress:
     densifier = make_densifier(opts, schedule, scale, device)
     run = _Run(opts, device, frames, train, test, scale, schedule, learning_rates(opts.steps), densifier)
     checkpoint = out_dir / CHECKPOINT
+    points, colors, started_from = starting_points(dense_ply, points, colors, opts)
     state = load_checkpoint(checkpoint, device, warn)
     if state is None:
         params = init_params(points, colors, opts, device, torch.Generator().manual_seed(opts.seed),
@@ -497,7 +534,7 @@ def train_splats(undistorted: Path, out_dir: Path, opts: SplatOptions, progress:
     num_splats = _export(state, out_dir / SPLATS_PLY)
     steps_run = opts.steps - start
     result = {
-        "num_splats": num_splats, "steps": opts.steps, "image_size": list(frames[train[0]].size),
+        "num_splats": num_splats, "started_from": started_from, "steps": opts.steps, "image_size": list(frames[train[0]].size),
         "sh_degree": opts.sh_degree, "strategy": opts.strategy, "held_out": [frames[i].name for i in test],
         "psnr": float(np.mean([s["psnr"] for s in scores.values()])) if scores else None,
         "ssim": float(np.mean([s["ssim"] for s in scores.values()])) if scores else None,
@@ -612,7 +649,7 @@ def splats_stage(ctx: "StageContext") -> dict:
     """The splats stage: trains into ctx.out, which keeps the checkpoint
     across a cancel, so the next run with the same inputs resumes from it."""
     result = train_splats(ctx.path("undistort"), ctx.out, ctx.options.splats, ctx.progress,
-                          lambda code, message: ctx.warn(code, message))
+                          lambda code, message: ctx.warn(code, message), dense_ply=ctx.path("fusion"))
     if result.get("resumed_from_step"):
         ctx.log(f"splats: resumed from the checkpoint at step {result['resumed_from_step']}")
     return result

@@ -110,15 +110,15 @@ def linear_rgba(rgb: np.ndarray) -> np.ndarray:
         if rgb.dtype == np.uint8:
             rgba[start:start + _SLICE, :3] = _SRGB_TO_LINEAR_U8[part]  # a table lookup: 256 values
         else:
-            rgba[start:start + _SLICE, :3] = _srgb_to_linear(np.clip(part.astype(np.float32), 0.0, 1.0))
+            rgba[start:start + _SLICE, :3] = srgb_to_linear(np.clip(part.astype(np.float32), 0.0, 1.0))
     return rgba
 
 
-def _srgb_to_linear(c: np.ndarray) -> np.ndarray:
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
     return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
 
 
-_SRGB_TO_LINEAR_U8 = _srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0)
+_SRGB_TO_LINEAR_U8 = srgb_to_linear(np.arange(256, dtype=np.float64) / 255.0)
 
 
 def points_node_group() -> bpy.types.GeometryNodeTree:

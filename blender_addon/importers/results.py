@@ -36,6 +36,7 @@ from .frame import job_origin, parent_to_origin
 from .mesh import build_mesh, prepare_mesh, prepare_textured_mesh, show_vertex_colors_in_solid_view
 from .points import MODIFIER as POINTS_MODIFIER, build_points, prepare_points
 from .splats import MODIFIER as SPLATS_MODIFIER, build_splats, prepare_splats
+from ..render.compositing import ensure_compositing
 from ..shared.glb_io import read_glb
 from ..shared.ply_io import read_ply
 from ..shared.splat_ply import read_splats
@@ -232,6 +233,7 @@ def build_part(item: Prepared, collection, name: str, scene, point_size: float =
         elif item.part == "splats":
             names = [f"{name} splats"]
             new = [build_splats(names[0], data, collection, density=min(1.0, DISPLAY_SPLATS / max(1, len(data))))]
+            ensure_compositing(scene)  # F12 lays the splats over the render
         else:
             raise ValueError(f"unknown part {item.part!r}")
         for obj in new:

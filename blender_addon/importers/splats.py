@@ -109,7 +109,9 @@ def build_splats(name: str, data: SplatsData, collection: bpy.types.Collection, 
     collection.objects.link(obj)
     modifier = obj.modifiers.new(MODIFIER, "NODES")
     modifier.node_group = splats_node_group()
-    modifier.show_viewport = False  # the viewport draws the Gaussians themselves
+    # The viewport draws the Gaussians themselves and renders lay them in by the compositor
+    # (render/compositing.py): the ellipsoids, the editable geometry, show when asked for.
+    modifier.show_viewport = modifier.show_render = False
     set_display(obj, density=density, size=size)
     splat_draw.remember(obj, data.for_drawing())
     return obj
@@ -132,7 +134,7 @@ def set_display(obj: bpy.types.Object, density: float | None = None, size: float
         if value is not None:
             modifier[_input_identifier(modifier.node_group, socket)] = float(value)
     if ellipsoids is not None:
-        modifier.show_viewport = ellipsoids
+        modifier.show_viewport = modifier.show_render = ellipsoids
     obj.update_tag()
 
 

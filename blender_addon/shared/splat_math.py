@@ -34,3 +34,20 @@ def sh_coefficients(degree: int) -> int:
     """Coefficients per colour channel of a spherical harmonic of `degree`."""
     return (degree + 1) ** 2
 
+
+
+def sh_basis_terms(degree: int, x, y, z) -> list:
+    """The (degree + 1)^2 real SH basis functions (3DGS order and signs) at unit
+    directions with components x, y, z: arrays of any kind that multiply
+    elementwise (numpy in the add-on, torch in the backend)."""
+    out = [SH_C0 + 0.0 * x]
+    if degree >= 1:
+        out += [-SH_C1 * y, SH_C1 * z, -SH_C1 * x]
+    if degree >= 2:
+        xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+        out += [SH_C2[0] * xy, SH_C2[1] * yz, SH_C2[2] * (2 * zz - xx - yy), SH_C2[3] * xz, SH_C2[4] * (xx - yy)]
+    if degree >= 3:
+        out += [SH_C3[0] * y * (3 * xx - yy), SH_C3[1] * xy * z, SH_C3[2] * y * (4 * zz - xx - yy),
+                SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy), SH_C3[4] * x * (4 * zz - xx - yy),
+                SH_C3[5] * z * (xx - yy), SH_C3[6] * x * (xx - 3 * yy)]
+    return out

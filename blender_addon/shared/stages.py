@@ -64,11 +64,11 @@ STAGES: tuple[Stage, ...] = (
     Stage("texture", "Texture", "mesh", "texture", ("size",), "texture", "folder",
           "backend.texture.stage:texture_stage", 0.05, part="mesh", toggle="texture",
           description="the mesh with UVs and the photos' colours in a texture atlas (OBJ + MTL + PNG, GLB)"),
-    Stage("splats", "Gaussian Splats", "undistort", "splats",
+    Stage("splats", "Gaussian Splats", "fusion", "splats",
           ("steps", "max_image_size", "sh_degree", "strategy", "max_splats", "holdout_every", "seed"),
           "splats", "partial", "backend.splats.train:splats_stage", 0.25, part="splats", toggle="splats",
-          description="3D Gaussian splats trained on the photos: photoreal, view-dependent colour; fast on a "
-                      "CUDA GPU, minutes to hours on the CPU"),
+          description="3D Gaussian splats started at the dense points and trained on the photos: photoreal, "
+                      "view-dependent colour; fast on a CUDA GPU, minutes to hours on the CPU"),
 )
 STAGE = {stage.name: stage for stage in STAGES}
 NAMES = tuple(STAGE)
