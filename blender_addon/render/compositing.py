@@ -151,14 +151,9 @@ def _collections_above(scene, obj):
 def render_camera(scene: bpy.types.Scene, camera: bpy.types.Object) -> tuple[np.ndarray, splat_raster.Pinhole]:
     """(world -> camera [4, 4] in the look-down-+z convention, the pinhole) of
     `camera` at the scene's render size."""
-    from ..shared.camera_math import BlenderIntrinsics, blender_matrix_to_colmap, blender_to_intrinsics
+    from ..shared.camera_math import blender_matrix_to_colmap, render_intrinsics
 
-    r, data = scene.render, camera.data
-    width = int(r.resolution_x * r.resolution_percentage / 100)
-    height = int(r.resolution_y * r.resolution_percentage / 100)
-    fx, fy, cx, cy = blender_to_intrinsics(BlenderIntrinsics(
-        data.lens, data.sensor_width, data.sensor_height, data.sensor_fit, data.shift_x, data.shift_y,
-        width, height, r.pixel_aspect_x, r.pixel_aspect_y))
+    fx, fy, cx, cy, width, height = render_intrinsics(scene.render, camera.data)
     R, t = blender_matrix_to_colmap(np.array(camera.matrix_world, np.float64))
     view = np.eye(4)
     view[:3, :3], view[:3, 3] = R, t

@@ -142,3 +142,16 @@ def blender_to_intrinsics(b: BlenderIntrinsics) -> tuple[float, float, float, fl
     cx = W / 2 - b.shift_x * viewfac
     cy = H / 2 + b.shift_y * viewfac / ycor
     return fx, fy, cx, cy
+
+
+def render_intrinsics(render, camera_data) -> tuple[float, float, float, float, int, int]:
+    """``(fx, fy, cx, cy, width, height)`` of a Blender camera's datablock as the
+    scene's render settings (``scene.render``, read by attribute: no bpy here)
+    frame it, at the percentage-scaled resolution a render has."""
+    width = int(render.resolution_x * render.resolution_percentage / 100)
+    height = int(render.resolution_y * render.resolution_percentage / 100)
+    d = camera_data
+    fx, fy, cx, cy = blender_to_intrinsics(BlenderIntrinsics(
+        d.lens, d.sensor_width, d.sensor_height, d.sensor_fit, d.shift_x, d.shift_y,
+        width, height, render.pixel_aspect_x, render.pixel_aspect_y))
+    return fx, fy, cx, cy, width, height

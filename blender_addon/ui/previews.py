@@ -32,7 +32,7 @@ import bpy
 import numpy as np
 
 from ..shared import preview_math, protocol
-from ..shared.camera_math import BlenderIntrinsics, blender_matrix_to_colmap, blender_to_intrinsics
+from ..shared.camera_math import blender_matrix_to_colmap, render_intrinsics
 from ..importers.cameras import IMAGE_NAME_KEY, apply_camera_resolution
 
 PREVIEWS_DIR = "previews"
@@ -78,12 +78,7 @@ def camera_pixels(scene, cam: bpy.types.Object) -> dict:
     Blender renders it at the scene's current (percentage-scaled) resolution:
     COLMAP's world-to-camera R, t and the pinhole K in pixels of that frame,
     converted here, on the add-on's side, once (camera_math)."""
-    r, data = scene.render, cam.data
-    width = int(r.resolution_x * r.resolution_percentage / 100)
-    height = int(r.resolution_y * r.resolution_percentage / 100)
-    fx, fy, cx, cy = blender_to_intrinsics(BlenderIntrinsics(
-        data.lens, data.sensor_width, data.sensor_height, data.sensor_fit, data.shift_x, data.shift_y,
-        width, height, r.pixel_aspect_x, r.pixel_aspect_y))
+    fx, fy, cx, cy, width, height = render_intrinsics(scene.render, cam.data)
     # The backend renders the splats in the workspace frame: the camera's pose
     # relative to the job's parent empty (Set Scale / Set Ground move only that).
     from ..importers.frame import origin_of, to_workspace
