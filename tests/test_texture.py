@@ -99,9 +99,11 @@ def test_the_textured_synthetic_scene_matches_its_photos_3db_better_than_vertex_
     assert texture >= vertex + 3.0, synthetic_previews[2]
 
 
-@pytest.mark.xfail(strict=True, reason="known gap (issue 15): 27.8 dB over all 24 cameras, short of 28. The upper "
-                   "ring scores 29.6-30.5 dB, the lower ring 24.7-26.5: the mesh's silhouettes (the ears) are a little "
-                   "off, and texels resampled from other photos blur the scene's fine noise texture")
+@pytest.mark.xfail(strict=False, reason="known gap (issue 15): short of 28 dB in some runs and not in others. The "
+                   "demo's reconstruction varies from run to run (SfM and depth maps on threads): 27.8 dB over all 24 "
+                   "cameras in one run, 28.87 over this test's 8 in another (fresh clone, 2026-12-04). The upper ring "
+                   "scores 29.6-32.2 dB, the lower ring 24.7-26.8: the mesh's silhouettes (the ears) are a little off, "
+                   "and texels resampled from other photos blur the scene's fine noise texture")
 def test_the_textured_synthetic_scene_scores_at_least_28_db(synthetic_previews):
     """Acceptance 1, the absolute part: at least 28 dB at 100%."""
     texture, _ = _synthetic_means(synthetic_previews)
