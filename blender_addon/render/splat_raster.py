@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..shared.colmap_io import quaternion_to_matrix
 from ..shared.splat_math import ALPHA_MAX, ALPHA_MIN, EPS2D, MAX_EXTEND, NEAR_PLANE, sh_basis_terms
 
 TILE = 8
@@ -71,13 +72,6 @@ def sh_colours(sh: list[np.ndarray], dirs: np.ndarray) -> np.ndarray:
     return np.maximum(rgb, 0.0)
 
 
-def _quat_to_rotmat(q: np.ndarray) -> np.ndarray:
-    w, x, y, z = (q / np.linalg.norm(q, axis=1, keepdims=True)).T
-    return np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-                     2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-                     2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1).reshape(-1, 3, 3)
-
-
 def project(splats, view: np.ndarray, camera: Pinhole) -> np.ndarray:
     """[M, 12] per visible splat: mean (x, y in pixels), conic (a, b, c of the
     inverse 2D covariance), opacity, rgb, depth, box half-sizes (x, y, in pixels). `splats` holds means, opacity,
@@ -98,7 +92,7 @@ def project(splats, view: np.ndarray, camera: Pinhole) -> np.ndarray:
     # The rows of J A (J = [[fx/z, 0, -fx tx/z^2], [0, fy/z, -fy ty/z^2]]) times M = R S: cov2d = (J A M)(J A M)^T.
     jr0 = (fx / z)[:, None] * A[0] - (fx * tx / z**2)[:, None] * A[2]
     jr1 = (fy / z)[:, None] * A[1] - (fy * ty / z**2)[:, None] * A[2]
-    scaled = _quat_to_rotmat(np.asarray(splats.rotation, np.float64)[keep]) \
+    scaled = quaternion_to_matrix(np.asarray(splats.rotation, np.float64)[keep]) \
         * np.asarray(splats.scale, np.float64)[keep][:, None, :]
     u = np.einsum("ni,nij->nj", jr0, scaled)
     v = np.einsum("ni,nij->nj", jr1, scaled)

@@ -100,15 +100,18 @@ class Model:
 
 
 def quaternion_to_matrix(qvec) -> np.ndarray:
-    """[3, 3] rotation from COLMAP's quaternion ``(w, x, y, z)`` (normalised first)."""
-    w, x, y, z = np.asarray(qvec, dtype=np.float64) / np.linalg.norm(qvec)
-    return np.array(
+    """[3, 3] rotation from COLMAP's quaternion ``(w, x, y, z)`` (normalised first);
+    [N, 3, 3] from [N, 4] (the splats' rotations, the same convention)."""
+    q = np.asarray(qvec, dtype=np.float64)
+    w, x, y, z = np.moveaxis(q / np.linalg.norm(q, axis=-1, keepdims=True), -1, 0)
+    return np.stack(
         [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-            [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-            [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-        ]
-    )
+            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+        ],
+        -1,
+    ).reshape(q.shape[:-1] + (3, 3))
 
 
 def matrix_to_quaternion(R) -> np.ndarray:
