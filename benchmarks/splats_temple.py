@@ -12,7 +12,8 @@ those are the edge views, whose nearest training camera is on one side only
 (the ring is not closed evenly: 16 photos, about 22 degrees apart, with one
 43 degree gap). A view counts as between training views when training cameras
 lie on both sides of it, each within 1.5x the ring's median spacing.
-Writes benchmarks/results/splats_temple.{md,json}.
+Writes benchmarks/results/splats_temple.{md,json}; exits 1 when a view between
+training views scores under 20 dB or the splats outnumber the training pixels.
 """
 from __future__ import annotations
 
@@ -126,6 +127,7 @@ def main() -> int:
                            **score, "num_splats": result["num_splats"], "training_pixels": pixels,
                            "steps": result["steps"], "image_size": result["image_size"]})
     between = [r["psnr"] for r in record if r["kind"] == "between"]
+    met = min(between) >= BAR_DB and all(r["num_splats"] < r["training_pixels"] for r in record)
     edge_scores = [r["psnr"] for r in record if r["kind"] == "edge"]
     verdict = (f"between views: mean {np.mean(between):.2f} dB, lowest {min(between):.2f} dB "
                f"({'pass' if min(between) >= BAR_DB else 'FAIL'}, the bar {BAR_DB:.0f} dB); edge views: "
@@ -145,7 +147,7 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|", *rows, "", verdict, "", BEFORE]
     write_report(RESULTS / "splats_temple.md", lines)
     (RESULTS / "splats_temple.json").write_text(json.dumps({"rows": record, "verdict": verdict}, indent=2))
-    return 0
+    return 0 if met else 1
 
 
 if __name__ == "__main__":
