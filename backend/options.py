@@ -82,6 +82,9 @@ class DenseOptions:
     points and triangulation angle)."""
     window_radius: int = field(default=3, metadata={"range": (1, 15)})
     """Half size of the photo-consistency (ZNCC) window: 3 = 7 x 7 px."""
+    slanted: bool = field(default=True, metadata={"flag": "--slanted", "flag_false": "--fronto-parallel-only"})
+    """Sweep slanted plane families too (the ground, surfaces tilted left, right, up and down),
+    not only planes facing the camera: surfaces seen at grazing angles match. Off is faster."""
     min_consistent: int = field(default=2, metadata={"range": (1, 64)})
     """Other views whose depth must agree with a pixel's for it to be fused."""
     roi: dict | None = None

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -43,11 +44,14 @@ if TYPE_CHECKING:
 
 Progress = Callable[[float, str], None]
 
-COARSEST_SIZE = 400  # px: the full plane sweep runs on a pyramid level no larger than this
+COARSEST_SIZE = 200  # px: the full plane sweep runs on a pyramid level no larger than this
 MIN_TEXTURE = 0.01  # std of a window's grey values (0..1) below which depth is not estimated
 MAX_COST = 0.5  # best aggregated 1 - ZNCC above which a pixel is left empty
 MAX_ANGLE_DEG = 60.0  # source views seeing the surface more obliquely than this match poorly
 MEMORY_BUDGET = 256 * 2**20  # bytes of cost-volume work per chunk
+MIN_PLANES, MAX_PLANES = 32, 128  # per plane family in the coarse sweep
+TILT_DEG = 50.0  # the tilted plane families lean this far from fronto-parallel
+TILT_MIN_DEG = 20.0  # a family this close to one already swept adds little
 
 
 def select_sources(scene: Scene, ref: int, count: int) -> list[int]:
@@ -213,33 +217,166 @@ def _winner(costs, inv, step):
     return best_inv + offset.clamp(-0.5, 0.5) * step, best_cost, at_border
 
 
-def estimate_depth(ref: np.ndarray, srcs: list[np.ndarray], view_ref: View, views_src: list[View],
-                   near: float, far: float, opts: DenseOptions, device) -> np.ndarray:
-    """Depth [H, W] (0 where unknown) for a reference grey image and its
-    source images (float32, 0..1, at the views' sizes)."""
+@dataclass
+class Sweep:
+    """One family of parallel planes n . X = c in the reference camera's frame:
+    the coarse level tries planes of every family, so a surface slanted like
+    one of them is compared on windows warped by its own homography."""
+    name: str
+    normal: np.ndarray  # [3] unit, camera frame; the planes' points have n . X = c > 0
+    inv_offsets: np.ndarray  # 1 / c of the sparse points the view sees: where this family's planes may lie
+
+
+def sweeps(view: View, points_cam: np.ndarray) -> list[Sweep]:
+    """The plane families for a reference view: fronto-parallel, the ground
+    (world +Z is up: the sfm stage made the model upright), and planes tilted
+    left, right, up and down (walls seen along their length, the sides of
+    round things). Families within TILT_MIN_DEG of one already chosen, or
+    with too few sparse points in front of them, are left out."""
+    s, c = math.sin(math.radians(TILT_DEG)), math.cos(math.radians(TILT_DEG))
+    candidates = [("fronto-parallel", np.array([0.0, 0.0, 1.0])), ("ground", -view.R[:, 2]),
+                  ("tilted left", np.array([s, 0, c])), ("tilted right", np.array([-s, 0, c])),
+                  ("tilted up", np.array([0, s, c])), ("tilted down", np.array([0, -s, c]))]
+    found: list[Sweep] = []
+    for name, n in candidates:
+        n = n / np.linalg.norm(n)
+        if any(np.degrees(np.arccos(np.clip(n @ f.normal, -1, 1))) < TILT_MIN_DEG for f in found):
+            continue
+        offsets = points_cam @ n
+        offsets = offsets[offsets > 0]
+        if len(offsets) >= 10 or not found:
+            found.append(Sweep(name, n, np.sort(1.0 / offsets)))
+    return found
+
+
+def _pixel_rays(level: "_Level", device):
+    """K^-1 [u, v, 1] at the level's pixel centres: [3, H, W] (z = 1)."""
     import torch
-    import torch.nn.functional as F
+
+    H, W = level.shape
+    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64) + 0.5,
+                          torch.arange(W, dtype=torch.float64) + 0.5, indexing="ij")
+    pix = torch.stack([u, v, torch.ones_like(u)]).reshape(3, -1)
+    return (torch.from_numpy(np.linalg.inv(level.K_ref)) @ pix).reshape(3, H, W).float().to(device)
+
+
+def _family_planes(level: "_Level", sweep: Sweep, step: float, inv_near: float, inv_far: float):
+    """The values of 1 / c to sweep for a slanted family, as dense as the
+    fronto-parallel sweep (`step` of inverse depth) at the pixel where the
+    planes move most: at most MAX_PLANES of them, over the window of 1 / c
+    that holds the most sparse points (the ground's points bunch at the
+    camera's height; a window over all of them would space the planes
+    metres apart there)."""
+    H, W = level.shape
+    grid = np.stack(np.meshgrid(np.linspace(0.5, W - 0.5, 9), np.linspace(0.5, H - 0.5, 9)), -1).reshape(-1, 2)
+    k = (np.c_[grid, np.ones(len(grid))] @ np.linalg.inv(level.K_ref).T) @ sweep.normal
+    if k.max() <= 1e-6:
+        return None
+    dw = step / k.max()
+    w = sweep.inv_offsets
+    lo, hi = np.percentile(w, 1) / 1.25, np.percentile(w, 99) / 0.8
+    # Only planes that cross the depth range somewhere in the image.
+    lo, hi = max(lo, inv_far / k.max()), min(hi, inv_near / max(k[k > 1e-6].min(), 1e-6))
+    if hi <= lo:
+        return None
+    span = (MAX_PLANES - 1) * dw
+    if hi - lo > span:
+        inside = w[(w >= lo) & (w <= hi)]
+        if len(inside) == 0:
+            return None
+        ends = np.searchsorted(inside, inside + span, side="right")
+        start = inside[int(np.argmax(ends - np.arange(len(inside))))]
+        lo, hi = max(lo, start - span * 0.1), min(hi, start + span * 0.9)
+    return np.arange(lo, hi + dw / 2, dw)
+
+
+def _sweep_family(level: "_Level", rel, sweep: Sweep, w: np.ndarray, inv_near: float, inv_far: float, device):
+    """The best plane of one family (1 / c in `w`, evenly spaced) per pixel:
+    inverse depth, cost, at-border, and the inverse depth's gradient per pixel
+    (du, dv) that the plane gives."""
+    import torch
+
+    n = torch.tensor(sweep.normal, dtype=torch.float32, device=device)
+    k = torch.einsum("c,chw->hw", n, _pixel_rays(level, device))  # 1/z = k / c
+    step = float(w[1] - w[0]) if len(w) > 1 else 1.0
+    w = torch.tensor(w, dtype=torch.float32, device=device)[:, None, None]
+    H, W = level.shape
+    volume = []
+    for a, b in _chunks(len(w), H, W):
+        hyp = w[a:b] * k
+        valid = (k > 1e-6) & (hyp >= inv_far * 0.999) & (hyp <= inv_near * 1.001)
+        volume.append(torch.where(valid, _costs(level, rel, hyp), 2.0))
+    inv, cost, border = _winner(torch.cat(volume), w * k, step * k)
+    # The plane through the winner: 1/z = w n . K^-1 [u, v, 1], so its gradient in pixels is w K^-T n.
+    grad = torch.from_numpy(np.linalg.inv(level.K_ref).T @ sweep.normal).float().to(device)
+    w_best = inv / k.clamp_min(1e-6)
+    return inv, cost, border, (w_best * grad[0], w_best * grad[1])
+
+
+def _fronto_planes(level: "_Level", view_ref: View, views_src: list[View], near: float, far: float) -> np.ndarray:
+    """Inverse depths two pixels of disparity apart in the widest-baseline
+    source at the reference's centre: a 7 x 7 ZNCC's cost curve is smooth at
+    that scale, the parabola and the finer levels do the rest."""
+    H, W = level.shape
+    ray = np.linalg.inv(level.K_ref) @ np.array([W / 2, H / 2, 1.0])
+    planes = int(np.clip(_disparity_span(level, view_ref, views_src, near, far, ray) / 2, MIN_PLANES, MAX_PLANES))
+    return np.linspace(1.0 / far, 1.0 / near, planes)
+
+
+def _upsample(inv, grad, size, device):
+    """Each pixel of the finer level takes its parent's plane (inverse depth
+    and its gradient) evaluated at its own centre: a slanted surface stays a
+    smooth ramp instead of 2 x 2 steps, and a depth edge stays sharp."""
+    import torch
+
+    Hc, Wc = inv.shape
+    H, W = size
+    y = torch.arange(H, device=device, dtype=torch.float32) + 0.5
+    x = torch.arange(W, device=device, dtype=torch.float32) + 0.5
+    iy = (y / 2).floor().long().clamp(0, Hc - 1)  # K halves between levels: coarse = fine / 2
+    ix = (x / 2).floor().long().clamp(0, Wc - 1)
+    dy = (y / 2 - (iy.float() + 0.5))[:, None]
+    dx = (x / 2 - (ix.float() + 0.5))[None, :]
+    gu, gv = grad[0][iy][:, ix], grad[1][iy][:, ix]
+    up = inv[iy][:, ix] + gu * dx + gv * dy
+    return up, (gu / 2, gv / 2)
+
+
+def estimate_depth(ref: np.ndarray, srcs: list[np.ndarray], view_ref: View, views_src: list[View],
+                   near: float, far: float, opts: DenseOptions, device,
+                   families: list[Sweep] | None = None) -> np.ndarray:
+    """Depth [H, W] (0 where unknown) for a reference grey image and its
+    source images (float32, 0..1, at the views' sizes). `families`: the plane
+    families of the coarse sweep (default: fronto-parallel only)."""
+    import torch
 
     t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(device)
     levels = _pyramid(t(ref), [t(s) for s in srcs], view_ref.K, [v.K for v in views_src], opts.window_radius)
     inv_near, inv_far = 1.0 / near, 1.0 / far
+    families = families or [Sweep("fronto-parallel", np.array([0.0, 0.0, 1.0]), np.array([inv_far]))]
     inv_depth = None
     for level in levels:
         H, W = level.shape
         rel = _relative(level, view_ref, views_src, device)
         if inv_depth is None:
-            # Planes two pixels of disparity apart in the widest-baseline source:
-            # a 7 x 7 ZNCC's cost curve is smooth at that scale, the parabola
-            # and the finer levels do the rest.
-            planes = int(np.clip(_disparity_span(level, view_ref, views_src, near, far) / 2, 32, 128))
-            step = (inv_near - inv_far) / (planes - 1)
-            hyp = torch.linspace(inv_far, inv_near, planes, device=device)[:, None, None]
-            volume = torch.cat([_costs(level, rel, hyp[a:b]) for a, b in
-                                _chunks(planes, H, W)])
-            inv_depth, cost, border = _winner(volume, hyp, step)
+            w = _fronto_planes(level, view_ref, views_src, near, far)
+            step = float(w[1] - w[0])
+            for family in families:
+                if family.name != "fronto-parallel":
+                    w = _family_planes(level, family, step, inv_near, inv_far)
+                    if w is None or len(w) < 2:
+                        continue
+                found = _sweep_family(level, rel, family, w, inv_near, inv_far, device)
+                if inv_depth is None:
+                    inv_depth, cost, border, grad = found
+                    continue
+                better = found[1] < cost
+                inv_depth, cost, border = (torch.where(better, new, old) for new, old in
+                                           zip(found[:3], (inv_depth, cost, border)))
+                grad = tuple(torch.where(better, new, old) for new, old in zip(found[3], grad))
         else:
             step /= 2
-            up = F.interpolate(inv_depth[None, None], size=(H, W), mode="nearest")[0]
+            up, grad = _upsample(inv_depth, grad, (H, W), device)
             offsets = torch.arange(-3, 4, device=device, dtype=torch.float32)[:, None, None] * step
             hyp = (up + offsets).clamp(inv_far * 0.5, inv_near * 2)
             volume = torch.cat([_costs(level, rel, hyp[a:b]) for a, b in _chunks(7, H, W)])
@@ -249,11 +386,10 @@ def estimate_depth(ref: np.ndarray, srcs: list[np.ndarray], view_ref: View, view
     return torch.where(good, 1.0 / inv_depth.clamp_min(1e-9), torch.zeros_like(inv_depth)).cpu().numpy()
 
 
-def _disparity_span(level: _Level, view_ref: View, views_src: list[View], near: float, far: float) -> float:
-    """Largest shift (px) of the reference's centre pixel between the near and
-    far depth, over the source views: the sweep's plane count."""
-    H, W = level.shape
-    ray = np.linalg.inv(level.K_ref) @ np.array([W / 2, H / 2, 1.0])
+def _disparity_span(level: _Level, view_ref: View, views_src: list[View], near: float, far: float,
+                    ray: np.ndarray) -> float:
+    """Largest shift (px) along the reference's `ray` between the near and
+    far depth, over the source views."""
     span = 0.0
     for view, K_s in zip(views_src, level.K_srcs):
         ends = []
@@ -313,8 +449,13 @@ def run_mvs(undistorted: Path, stereo: Path, opts: DenseOptions, progress: Progr
     for i, view in enumerate(scene.views):
         sources = select_sources(scene, i, opts.num_sources)
         rng = depth_range(scene, i, roi)
+        families = None
+        if rng is not None:
+            seen = scene.points[scene.visibility[i]] if len(scene.visibility[i]) else scene.points
+            families = sweeps(view, seen @ view.R.T + view.t) if opts.slanted else None
         config["views"][view.name] = {"sources": [scene.views[j].name for j in sources],
                                       "depth_range": rng, "scale": view.scale,
+                                      "plane_families": [f.name for f in families or []],
                                       "K": view.K.tolist(), "size": [view.width, view.height]}
         depth_path, normal_path = map_paths(stereo, view.name)
         depth_path.parent.mkdir(parents=True, exist_ok=True)
@@ -331,7 +472,7 @@ def run_mvs(undistorted: Path, stereo: Path, opts: DenseOptions, progress: Progr
                 if j not in grey:
                     grey[j] = load_grey(scene, scene.views[j])
             depth = estimate_depth(grey[i], [grey[j] for j in sources], view,
-                                      [scene.views[j] for j in sources], *rng, opts, device)
+                                   [scene.views[j] for j in sources], *rng, opts, device, families)
         for j in list(grey):  # keep memory bounded: only images near the current one
             if abs(j - i) > opts.num_sources * 2:
                 del grey[j]

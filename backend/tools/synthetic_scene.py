@@ -9,7 +9,8 @@ Harder captures (issue 13), in metres with +Z up like every scene: ``street_para
 forward walk between facades, JPEGs with EXIF focal and GPS), ``lowtex_params()`` (a plain
 object on a dark backdrop, a few hundred features per photo), ``portrait_params()`` (stored
 landscape with EXIF Orientation 6/8; the ground truth is the photos as displayed) and
-``hemisphere_params()`` (cameras up to overhead).
+``hemisphere_params()`` (cameras up to overhead); for issue 17, ``low_orbit_params()`` (the
+ground at grazing angles).
 
 bpy is imported only inside the functions that render: processes that run pycolmap or
 torch must not load it, so they call ``ensure_scene``, which generates in a subprocess:
@@ -74,7 +75,8 @@ class SceneParams:
     """"object" (the textured object), "street" (a forward walk between facades) or "lowtex"
     (a smooth, sparsely marked object on a dark backdrop, one ring)."""
     layout: str = "rings"
-    """Object cameras: "rings" (two rings) or "hemisphere" (a spiral up to nearly overhead)."""
+    """Object cameras: "rings" (two rings), "hemisphere" (a spiral up to nearly overhead) or "low"
+    (two rings at 8 and 16 degrees: the ground seen at grazing angles, as by a person crouching)."""
     portrait: bool = False
     """Photos displayed as portrait (``width`` < ``height``), stored as landscape pixels with EXIF
     Orientation 6 or 8 (alternating); the ground truth describes them as displayed. Needs jpeg."""
@@ -105,6 +107,12 @@ def portrait_params(**overrides) -> SceneParams:
     Orientation 6 and 8 alternating."""
     return SceneParams(**{**dict(width=480, height=640, samples=8, portrait=True, image_format="jpeg"),
                           **overrides})
+
+
+def low_orbit_params(**overrides) -> SceneParams:
+    """The object scene from two low rings (8 and 16 degrees): most of what the photos see is
+    the textured ground at grazing angles, the surface fronto-parallel stereo loses (issue 17)."""
+    return SceneParams(**{**dict(layout="low", samples=8, image_format="jpeg"), **overrides})
 
 
 def hemisphere_params(**overrides) -> SceneParams:
@@ -340,7 +348,7 @@ def _render_scene(out: Path, params: SceneParams) -> dict:
 def _check_params(params: SceneParams) -> None:
     if params.kind not in ("object", "street", "lowtex"):
         raise ValueError(f"unknown scene kind {params.kind!r}")
-    if params.layout not in ("rings", "hemisphere") or (params.layout != "rings" and params.kind != "object"):
+    if params.layout not in ("rings", "hemisphere", "low") or (params.layout != "rings" and params.kind != "object"):
         raise ValueError(f"layout {params.layout!r} is not available for kind {params.kind!r}")
     if params.image_format not in ("png", "jpeg"):
         raise ValueError(f"unknown image format {params.image_format!r}")
@@ -595,11 +603,15 @@ def _render_masks(scene, ground, mask_dir: Path, cameras) -> None:
 
 def _camera_poses(params: SceneParams) -> list[tuple[str, np.ndarray]]:
     """Blender camera-to-world matrices around the origin, looking at it: two rings (object),
-    one ring at 30 degrees (lowtex) or a spiral over the hemisphere (layout "hemisphere")."""
+    one ring at 30 degrees (lowtex), two low rings (layout "low") or a spiral over the hemisphere
+    (layout "hemisphere")."""
     if params.layout == "hemisphere":
         return _hemisphere_poses(params)
     if params.kind == "lowtex":
         rings = [(30.0, params.views, 0.0)]
+    elif params.layout == "low":
+        low = math.ceil(params.views / 2)
+        rings = [(8.0, low, 0.0), (16.0, params.views - low, 0.5)]
     else:
         low = math.ceil(params.views / 2)
         rings = [(25.0, low, 0.0), (50.0, params.views - low, 0.5)]
