@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
-from backend.dense.roi import Box
+from backend.dense.roi import Box, automatic_region
 from backend.dense.scene import Scene, View, load_grey, load_scene, map_paths, write_colmap_array
 from backend.job.device import choose_device, memory_peak
 from backend.options import DenseOptions
@@ -52,6 +52,8 @@ MEMORY_BUDGET = 256 * 2**20  # bytes of cost-volume work per chunk
 MIN_PLANES, MAX_PLANES = 32, 128  # per plane family in the coarse sweep
 TILT_DEG = 50.0  # the tilted plane families lean this far from fronto-parallel
 TILT_MIN_DEG = 20.0  # a family this close to one already swept adds little
+SLANT_MARGIN = 0.05  # 1 - ZNCC by which a slanted plane must beat the fronto-parallel one
+SLANTED_NEAR = 0.5  # slanted planes may come this much nearer than the sparse points' depth range
 
 
 def select_sources(scene: Scene, ref: int, count: int) -> list[int]:
@@ -339,7 +341,7 @@ def _upsample(inv, grad, size, device):
     dx = (x / 2 - (ix.float() + 0.5))[None, :]
     gu, gv = grad[0][iy][:, ix], grad[1][iy][:, ix]
     up = inv[iy][:, ix] + gu * dx + gv * dy
-    return up, (gu / 2, gv / 2)
+    return up, (gu / 2, gv / 2), lambda a: a[iy][:, ix]
 
 
 def estimate_depth(ref: np.ndarray, srcs: list[np.ndarray], view_ref: View, views_src: list[View],
@@ -366,23 +368,39 @@ def estimate_depth(ref: np.ndarray, srcs: list[np.ndarray], view_ref: View, view
                     w = _family_planes(level, family, step, inv_near, inv_far)
                     if w is None or len(w) < 2:
                         continue
-                found = _sweep_family(level, rel, family, w, inv_near, inv_far, device)
+                    # The ground at a photo's foot is nearer than anything SIFT found there.
+                    found = _sweep_family(level, rel, family, w, inv_near / SLANTED_NEAR, inv_far, device)
+                    # A slanted plane must beat the fronto-parallel one clearly: on a
+                    # surface facing the camera some tilt fits a low-resolution window
+                    # about as well, and its slant would carry into the finer levels.
+                    better = found[1] < cost - SLANT_MARGIN
+                else:
+                    found = _sweep_family(level, rel, family, w, inv_near, inv_far, device)
                 if inv_depth is None:
                     inv_depth, cost, border, grad = found
                     continue
-                better = found[1] < cost
                 inv_depth, cost, border = (torch.where(better, new, old) for new, old in
                                            zip(found[:3], (inv_depth, cost, border)))
                 grad = tuple(torch.where(better, new, old) for new, old in zip(found[3], grad))
         else:
             step /= 2
-            up, grad = _upsample(inv_depth, grad, (H, W), device)
+            up, grad, parent = _upsample(inv_depth, grad, (H, W), device)
             offsets = torch.arange(-3, 4, device=device, dtype=torch.float32)[:, None, None] * step
-            hyp = (up + offsets).clamp(inv_far * 0.5, inv_near * 2)
+            hyp = (up + offsets).clamp(inv_far * 0.5, inv_near / SLANTED_NEAR * 2)
             volume = torch.cat([_costs(level, rel, hyp[a:b]) for a, b in _chunks(7, H, W)])
             inv_depth, cost, border = _winner(volume, hyp, step)
-    good = (cost < MAX_COST) & ~border & (levels[-1].std > MIN_TEXTURE) & (inv_depth > 0)
-    good &= (inv_depth >= inv_far * 0.999) & (inv_depth <= inv_near * 1.001)
+            # Where this level's window sees too little texture or matches poorly but the
+            # level below matched confidently (a dark pavement is textured at a quarter of
+            # the size, not at full size), keep the plane from below: fusion's multi-view
+            # check judges it like any other depth.
+            fine = (cost < MAX_COST) & ~border & (level.std > MIN_TEXTURE)
+            inherit = ~fine & parent(confident)
+            inv_depth = torch.where(inherit, up, inv_depth)
+            confident = fine | inherit
+            continue
+        confident = (cost < MAX_COST) & ~border & (level.std > MIN_TEXTURE)
+    good = confident & (inv_depth > 0)
+    good &= (inv_depth >= inv_far * 0.999) & (inv_depth <= inv_near * (1.001 / SLANTED_NEAR if len(families) > 1 else 1.001))
     return torch.where(good, 1.0 / inv_depth.clamp_min(1e-9), torch.zeros_like(inv_depth)).cpu().numpy()
 
 
@@ -427,8 +445,13 @@ def normals_from_depth(depth: np.ndarray, K: np.ndarray) -> np.ndarray:
 # -- COLMAP's depth/normal map files --------------------------------------------
 
 
-def resolve_roi(scene: Scene, roi: dict | None) -> Box:
-    return Box.from_dict(roi) if roi else Box.around(scene.points)
+def resolve_roi(scene: Scene, roi: dict | None) -> tuple[Box, dict]:
+    """The user's region, else the automatic one (roi.automatic_region), with how it was chosen."""
+    if roi:
+        return Box.from_dict(roi), {"kind": "given", "reason": "the region of interest given"}
+    centres = np.array([v.center for v in scene.views])
+    axes = np.array([v.R[2] for v in scene.views])  # optical axes in the world
+    return automatic_region(scene.points, centres, axes)
 
 
 def run_mvs(undistorted: Path, stereo: Path, opts: DenseOptions, progress: Progress, warn=None) -> dict:
@@ -440,10 +463,10 @@ def run_mvs(undistorted: Path, stereo: Path, opts: DenseOptions, progress: Progr
     torch.set_num_threads(os.cpu_count() or 1)
     device = choose_device(opts.device, "dense", warn)
     scene = load_scene(undistorted, opts.max_image_size)
-    roi = resolve_roi(scene, opts.roi)
+    roi, region = resolve_roi(scene, opts.roi)
     for sub in ("depth_maps", "normal_maps"):
         (stereo / sub).mkdir(parents=True, exist_ok=True)
-    config = {"roi": roi.as_dict(), "views": {}}
+    config = {"roi": roi.as_dict(), "region": region, "views": {}}
     computed, reused, seconds, grey = [], [], [], {}
     n = len(scene.views)
     for i, view in enumerate(scene.views):
@@ -487,7 +510,8 @@ def run_mvs(undistorted: Path, stereo: Path, opts: DenseOptions, progress: Progr
             "seconds_per_depth_map": float(np.mean(seconds)) if seconds else None,
             "seconds_per_megapixel": float(sum(seconds) / sum(megapixels)) if megapixels else None,
             "size": [max(v.width for v in scene.views), max(v.height for v in scene.views)],
-            "roi": roi.as_dict(), "seconds": time.perf_counter() - started, **memory_peak(device)}
+            "roi": roi.as_dict(), "region": region, "seconds": time.perf_counter() - started,
+            **memory_peak(device)}
 
 
 def mvs_stage(ctx: "StageContext") -> dict:

@@ -61,3 +61,50 @@ class Box:
     @property
     def diagonal(self) -> float:
         return float(2 * np.linalg.norm(self.half_size))
+
+
+SURROUND_DEG = 180.0
+"""Cameras whose directions from the subject leave no gap wider than this (seen from above)
+surround it: an object capture."""
+
+
+def capture_kind(centres: np.ndarray, axes: np.ndarray, up=(0.0, 0.0, 1.0)) -> tuple[str, dict]:
+    """"object" when the cameras (centres [N, 3], optical axes [N, 3]) look at one point from
+    all around it, else "scene" (a facade, a room, a street: cameras on one side of what they
+    see, inside it or along it). The model is upright (+Z up) after the sfm stage."""
+    from backend.sfm.frame import convergence_point
+
+    if len(centres) < 3:
+        return "scene", {"reason": "fewer than 3 cameras"}
+    point, info = convergence_point(centres, axes)
+    if point is None:
+        return "scene", {"reason": "the cameras' optical axes do not meet at a subject", **info}
+    up = np.asarray(up, np.float64)
+    flat = (centres - point) - np.outer((centres - point) @ up, up)
+    e1 = np.cross(up, [1.0, 0.0, 0.0] if abs(up[0]) < 0.9 else [0.0, 1.0, 0.0])
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(up, e1)
+    azimuth = np.sort(np.degrees(np.arctan2(flat @ e2, flat @ e1)))
+    gaps = np.diff(np.concatenate([azimuth, azimuth[:1] + 360.0]))
+    gap = float(gaps.max())
+    info = {**info, "subject": point.tolist(), "largest_gap_deg": gap}
+    if gap > SURROUND_DEG:
+        return "scene", {"reason": f"the cameras see the subject from one side (a gap of {gap:.0f} degrees)", **info}
+    return "object", {"reason": f"the cameras surround the subject (no gap wider than {gap:.0f} degrees)", **info}
+
+
+def automatic_region(points: np.ndarray, centres: np.ndarray, axes: np.ndarray) -> tuple[Box, dict]:
+    """The region dense stereo reconstructs when the user gives none, and why:
+
+    - an object capture: the bulk of the sparse points (per-axis 1st-99th percentiles, grown
+      by a tenth), so the backdrop far behind the subject stays out;
+    - a scene capture: that box stretched to take in the cameras too, so the ground they stand
+      on and walk along, seen at the foot of every photo, stays in (the ground has few sparse
+      points: SIFT finds little on paving at a grazing angle)."""
+    kind, info = capture_kind(centres, axes)
+    box = Box.around(points)
+    if kind == "scene":
+        lo = np.minimum(box.center - box.half_size, centres.min(0))
+        hi = np.maximum(box.center + box.half_size, centres.max(0))
+        box = Box((lo + hi) / 2, np.eye(3), (hi - lo) / 2)
+    return box, {"kind": kind, **info}

@@ -222,3 +222,147 @@ def evaluate_synthetic(workspace: Path, scene_dir: Path, margin: float = 0.25) -
                           "max_distance_fraction": float(d_all.max() / diagonal),
                           "faces": int(len(mesh.faces))}
     return report
+
+
+# -- a facade capture without a true surface: the ground in front of it, and the wall -----------
+
+
+def _ransac_plane(points: np.ndarray, threshold: float, normal_ok, iterations: int = 2000, seed: int = 0):
+    """(unit normal n, offset d with n . p = d, inlier mask) of the plane with the most points
+    within `threshold`, among planes whose normal passes `normal_ok`; refined by least squares."""
+    rng = np.random.default_rng(seed)
+    best, best_count = None, -1
+    for _ in range(iterations):
+        a, b, c = points[rng.choice(len(points), 3, replace=False)]
+        n = np.cross(b - a, c - a)
+        if np.linalg.norm(n) < 1e-12:
+            continue
+        n /= np.linalg.norm(n)
+        if not normal_ok(n):
+            continue
+        count = int((np.abs(points @ n - n @ a) < threshold).sum())
+        if count > best_count:
+            best, best_count = (n, float(n @ a)), count
+    n, d = best
+    inliers = np.abs(points @ n - d) < threshold
+    centre = points[inliers].mean(0)
+    n = np.linalg.svd(points[inliers] - centre, full_matrices=False)[2][-1]
+    n = n if n @ best[0] > 0 else -n
+    d = float(n @ centre)
+    return n, d, np.abs(points @ n - d) < threshold
+
+
+def facade_scores(workspaces: list[Path], min_views: int = 2, debug_image: str | None = None) -> list[dict]:
+    """How much of the ground in front of a facade each workspace's dense cloud covers, and how
+    flat its wall is, with no true surface to compare against. The workspaces share one sparse
+    model (the same cameras; the upright frame, +Z up), so one reference serves them all:
+
+    - the wall: a vertical plane fitted (RANSAC) to the sparse points; the ground: a plane with
+      its normal within 20 degrees of up fitted to the lowest points, away from the wall's foot,
+      of all the dense clouds together (a street's paving has few sparse points; fitting to
+      every run's points favours none of them);
+    - the ground in front of the facade's subject: cells (1/300 of the cameras' median distance
+      to the wall) of the ground plane, along the wall as far as the subject stands out from it
+      (the run of strips around the cameras' middle where the sparse points standing on the
+      ground reach a twentieth of that distance from the wall), from the subject's front (per
+      strip, the farthest of those points) out to that distance, seen by at least `min_views`
+      cameras; a cell is covered when a dense point lies over it within 1/200 of that distance
+      of the plane;
+    - the wall's accuracy: the median and 90th percentile distance to the wall plane of the dense
+      points within 1/50 of the cameras' distance of it (the fountain's relief included, the
+      same for every run), as fractions of that distance."""
+    from blender_addon.shared.colmap_io import read_model
+    from blender_addon.shared.ply_io import read_ply
+
+    model = read_model(Layout(workspaces[0]).model)
+    sparse = model.xyz
+    clouds = [read_ply(Layout(ws).fused).column("x", "y", "z", dtype=np.float64) for ws in workspaces]
+    centres = np.array([im.center for im in model.images.values()])
+    up = np.array([0.0, 0.0, 1.0])
+    cam_height = float(np.median(centres[:, 2] - np.percentile(sparse[:, 2], 2)))
+    wall_n, wall_d, _ = _ransac_plane(sparse, 0.01 * cam_height, lambda n: abs(n @ up) < np.sin(np.radians(10)))
+    if np.median(centres @ wall_n - wall_d) < 0:
+        wall_n, wall_d = -wall_n, -wall_d
+    distance = float(np.median(centres @ wall_n - wall_d))  # cameras to wall
+    every = np.concatenate(clouds)
+    # Low points away from the wall's foot: a horizontal line of points there fits any plane through it.
+    every = every[every @ wall_n - wall_d > distance / 20]
+    low = every[every[:, 2] < np.percentile(every[:, 2], 2) + 0.1 * cam_height]
+    low = low[np.random.default_rng(0).choice(len(low), min(len(low), 200_000), replace=False)]
+    ground_n, ground_d, _ = _ransac_plane(low, distance / 300, lambda n: abs(n @ up) > np.cos(np.radians(20)))
+    if ground_n @ up < 0:
+        ground_n, ground_d = -ground_n, -ground_d
+    height = lambda p: p @ ground_n - ground_d  # noqa: E731
+    # Cells on the ground plane between the wall and the cameras: e1 along the wall, e2 toward the cameras.
+    e1 = np.cross(ground_n, wall_n)
+    e1 /= np.linalg.norm(e1)
+    e2 = np.cross(ground_n, e1)
+    if e2 @ wall_n < 0:
+        e2 = -e2
+    cell = distance / 300
+    origin = ground_n * ground_d
+    along = (centres - origin) @ e1
+    grid_u = np.arange(along.min() - distance, along.max() + distance, cell)
+    grid_v = np.arange(0, distance * 1.2, cell)
+    uu, vv = np.meshgrid(grid_u, grid_v, indexing="ij")
+    cells = (origin + uu[..., None] * e1 + vv[..., None] * e2).reshape(-1, 3)
+    to_wall = cells @ wall_n - wall_d
+    # What stands on the ground (the fountain's basin, a building's corner) is not ground: per
+    # strip along the wall, the ground starts past the farthest from the wall of the sparse
+    # points standing there (a tenth of the camera height up to the camera height).
+    standing = sparse[(height(sparse) > 0.1 * cam_height) & (height(sparse) < cam_height)]
+    s_along, s_out = (standing - origin) @ e1, standing @ wall_n - wall_d
+    front = np.zeros(len(grid_u))
+    for k, u in enumerate(grid_u):
+        near = np.abs(s_along - u) < distance / 30
+        if near.sum() >= 3:
+            front[k] = np.percentile(s_out[near], 95)
+    # In front of the fountain: along the wall, the run of strips where something stands out from
+    # it (by a twentieth of the cameras' distance) around the cameras' middle.
+    out = front > distance / 20
+    k0 = int(np.argmin(np.abs(grid_u - np.median(along))))
+    if not out[k0]:
+        k0 = int(np.flatnonzero(out)[np.argmin(np.abs(np.flatnonzero(out) - k0))])
+    k1, k2 = k0, k0
+    while k1 > 0 and out[k1 - 1]:
+        k1 -= 1
+    while k2 < len(out) - 1 and out[k2 + 1]:
+        k2 += 1
+    strips = np.zeros(len(grid_u), bool)
+    strips[k1:k2 + 1] = True
+    keep = (to_wall > np.repeat(front, len(grid_v)) + 2 * cell) & (to_wall < distance) & np.repeat(strips, len(grid_v))
+    seen = np.zeros(len(cells), np.int32)
+    for im in model.images.values():
+        cam = model.cameras[im.camera_id]
+        fx, fy, cx, cy = cam.pinhole()
+        X = cells @ im.R.T + im.t
+        z = X[:, 2]
+        ok = z > 1e-9
+        u = fx * X[:, 0] / np.where(ok, z, 1) + cx
+        v = fy * X[:, 1] / np.where(ok, z, 1) + cy
+        seen += ok & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
+    keep &= seen >= min_views
+    results = []
+    for dense in clouds:
+        near_ground = dense[np.abs(height(dense)) < distance / 200]
+        iu = np.floor(((near_ground - origin) @ e1 - grid_u[0]) / cell).astype(np.int64)
+        iv = np.floor(((near_ground - origin) @ e2 - grid_v[0]) / cell).astype(np.int64)
+        inside = (iu >= 0) & (iu < len(grid_u)) & (iv >= 0) & (iv < len(grid_v))
+        covered = np.zeros(len(cells), bool)
+        covered[iu[inside] * len(grid_v) + iv[inside]] = True
+        wall_dist = np.abs(dense @ wall_n - wall_d)
+        on_wall = wall_dist[wall_dist < distance / 50]
+        if debug_image:
+            from PIL import Image
+            grid = np.zeros((len(grid_u), len(grid_v), 3), np.uint8)
+            grid[keep.reshape(grid.shape[:2])] = (90, 0, 0)
+            grid[(keep & covered).reshape(grid.shape[:2])] = (0, 220, 0)
+            grid[(~keep & covered).reshape(grid.shape[:2])] = (60, 60, 160)
+            Image.fromarray(grid).save(f"{debug_image}_{len(results)}.png")
+        results.append({
+            "ground_cells": int(keep.sum()), "ground_covered": float(covered[keep].mean()) if keep.any() else 0.0,
+            "ground_tilt_deg": float(np.degrees(np.arccos(np.clip(ground_n @ up, -1, 1)))),
+            "camera_to_wall": distance, "cell": cell, "wall_points": int(len(on_wall)),
+            "wall_median_distance": float(np.median(on_wall) / distance),
+            "wall_p90_distance": float(np.percentile(on_wall, 90) / distance), "num_points": int(len(dense))})
+    return results

@@ -53,7 +53,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("undistort", "Undistortion", "mapping", "sfm", ("undistort_max_size",), "undistorted", "folder",
           "backend.sfm.colmap:undistort_stage", 0.04, part="cameras",
           description="pinhole photos and model, for the dense stages, the splats and Blender's cameras"),
-    Stage("mvs", "Depth Maps", "undistort", "dense", ("max_image_size", "num_sources", "window_radius", "roi"),
+    Stage("mvs", "Depth Maps", "undistort", "dense", ("max_image_size", "num_sources", "window_radius", "slanted", "roi"),
           "dense/stereo", "partial", "backend.dense.mvs:mvs_stage", 0.30, description="a depth and normal map per photo"),
     Stage("fusion", "Dense Points", "mvs", "dense", ("min_consistent", "roi"), "dense/fused.ply", "file",
           "backend.dense.fusion:fusion_stage", 0.05, part="dense", toggle="dense",
