@@ -29,12 +29,15 @@ def synthetic(demo_run):
 
 
 def test_dense_points_lie_on_the_true_surface_and_cover_it(synthetic):
-    """Acceptance 1: F-score at 1% of the object's diagonal (measured 0.955:
-    accuracy 0.9999, completeness 0.914 on 2 CPU cores)."""
+    """F-score at 1% of the object's diagonal, over the surface two or more cameras see: at
+    least 0.95 (issue 17; measured 0.955 with fronto-parallel planes only, 0.961 with the
+    slanted families: accuracy 0.9999, completeness 0.926 on 2 CPU cores). At 0.5% it is
+    reported (measured 0.93)."""
     dense = synthetic["dense"]
     assert dense["num_points"] > 100_000
-    assert dense["f_score"] >= 0.8, dense
-    assert dense["accuracy"] >= 0.9 and dense["completeness"] >= 0.7, dense
+    assert dense["f_score"] >= 0.95, dense
+    assert dense["accuracy"] >= 0.99 and dense["completeness"] >= 0.9, dense
+    assert synthetic["dense_half"]["f_score"] <= dense["f_score"]  # reported beside it, a stricter measure
 
 
 def test_mesh_lies_on_the_true_surface_with_nothing_floating(synthetic, demo_run):
@@ -195,3 +198,67 @@ def test_ply_files_are_standard(tmp_path):
         plyfile.PlyData([plyfile.PlyElement.describe(vertex, "vertex"), plyfile.PlyElement.describe(face, "face")],
                         text=text).write(str(path))
         assert read_ply(path).faces.tolist() == [[0, 1, 2], [0, 2, 3]]
+
+
+def _ground_views(n: int = 4, width: int = 640, height: int = 480, eye: float = 0.4, pitch_deg: float = 10.0,
+                  baseline: float = 0.2):
+    """Photos of a textured ground plane (z = 0) from `eye` m up, looking `pitch_deg` down, side
+    by side `baseline` m apart: the ground seen at a grazing angle, rendered exactly by ray casting."""
+    from PIL import Image
+
+    from backend.dense.scene import View
+
+    rng = np.random.default_rng(0)
+    texture = sum(np.asarray(Image.fromarray((rng.random((s, s)) * 255).astype(np.uint8)).resize(
+        (1024, 1024), Image.BICUBIC), np.float32) / 255 for s in (16, 64, 256, 1024)) / 4
+    f = 0.9 * width
+    K = np.array([[f, 0, width / 2], [0, f, height / 2], [0, 0, 1]])
+    pitch = np.radians(pitch_deg)
+    # Camera axes in the world: x right, y down (image), z forward; the ground is z = 0, up is +z.
+    R = np.array([[1, 0, 0], [0, -np.sin(pitch), -np.cos(pitch)], [0, np.cos(pitch), -np.sin(pitch)]])
+    views, images = [], []
+    v, u = np.mgrid[0:height, 0:width] + 0.5
+    for k in range(n):
+        c = np.array([baseline * k, 0.0, eye])
+        t = -R @ c
+        rays = np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(K).T @ R  # world directions
+        s = -c[2] / np.minimum(rays[..., 2], -1e-9)
+        hit = c + rays * s[..., None]
+        # The texture covers 4 x 4 m ahead; beyond it, and above the horizon, flat grey.
+        tu = (hit[..., 0] + 2) / 4 * 1023
+        tv = hit[..., 1] / 4 * 1023
+        inside = (rays[..., 2] < -1e-3) & (tu >= 0) & (tu <= 1023) & (tv >= 0) & (tv <= 1023)
+        img = texture[np.clip(tv, 0, 1023).astype(int), np.clip(tu, 0, 1023).astype(int)]
+        images.append(np.where(inside, img, 0.5).astype(np.float32))
+        views.append(View(f"ground_{k}", K, R, t, width, height, 1.0))
+    down = -(np.stack([u, v, np.ones_like(u)], -1) @ np.linalg.inv(K).T @ R)[..., 2]
+    truth = np.where(images[1] != 0.5, eye / np.maximum(down, 1e-9), 0)  # depth along the optical axis
+    return views, images, truth
+
+
+def test_slanted_planes_recover_the_ground_at_a_grazing_angle():
+    """Issue 17: fronto-parallel windows decorrelate on the ground seen at a grazing angle; the
+    ground's own plane family matches it (depths within 1%) over far more of the photo
+    (measured: 84% of the ground in the depth range, against 58% with fronto-parallel planes)."""
+    from backend.dense import mvs
+    from backend.options import DenseOptions
+
+    views, images, truth = _ground_views()
+    ref, srcs = views[1], [views[0], views[2], views[3]]
+    # "Sparse points": where the reference's pixels meet the ground, every 8th pixel.
+    ys, xs = np.nonzero(truth[::8, ::8] > 0)
+    z = truth[::8, ::8][ys, xs]
+    pix = np.stack([xs * 8 + 0.5, ys * 8 + 0.5, np.ones_like(xs, float)], 1)
+    points_cam = pix @ np.linalg.inv(ref.K).T * z[:, None]
+    near, far = np.percentile(z, 1) * 0.8, np.percentile(z, 99) * 1.25
+    opts = DenseOptions(window_radius=3)
+    scores = {}
+    for name, families in (("fronto", None), ("slanted", mvs.sweeps(ref, points_cam))):
+        depth = mvs.estimate_depth(images[1], [images[0], images[2], images[3]], ref, srcs, near, far, opts, "cpu",
+                                   families)
+        seen = (truth > near) & (truth < far)
+        good = (depth > 0) & (np.abs(depth - truth) < 0.01 * truth)
+        scores[name] = good[seen].mean()
+    assert "ground" in [f.name for f in mvs.sweeps(ref, points_cam)]
+    assert scores["slanted"] >= 0.8, scores
+    assert scores["slanted"] > scores["fronto"] + 0.1, scores

@@ -128,3 +128,43 @@ def test_the_sidebar_sends_the_chosen_stages_and_region(tmp_path):
             jobs.dense_options(settings, "cpu")
     finally:
         disable_addon()
+
+
+def test_the_automatic_region_comes_in_as_a_box_and_adjusting_it_changes_what_is_reconstructed(
+        temple, temple_run, tmp_path):
+    """Issue 17, acceptance 5: the cameras bring the region dense stereo would take as a wire
+    box, the sidebar's Region. As it came, the job asks for the backend's own region (the depth
+    maps are not redone for it); squeezed to half its width, the dense points stay inside it."""
+    import json
+    import shutil
+
+    from addon_helpers import disable_addon, fresh_blender_with_addon
+    from backend.dense.roi import Box
+    from blender_addon.link.roi import object_box
+    from conftest import BACKEND_PYTHON, read_json, run_backend
+
+    ws = tmp_path / "ws"
+    shutil.copytree(temple_run, ws)
+    jobs = fresh_blender_with_addon(BACKEND_PYTHON, str(tmp_path))
+    try:
+        settings = bpy.context.scene.reconstruct
+        import_workspace(ws, "temple", bpy.context.scene, parts=("cameras", "region"))
+        region = bpy.data.objects["temple region"]
+        assert settings.roi_object == region and region.display_type == "WIRE" and region.hide_render
+        automatic = read_json(ws / "undistorted" / "region.json")
+        assert automatic["kind"] == "object"  # the temple ring surrounds its subject
+        assert Box.from_dict(object_box(region)).half_size == pytest.approx(automatic["half_size"])
+        assert "roi" not in jobs.dense_options(settings, "cpu", ws)
+        full = read_ply(ws / "dense" / "fused.ply").column("x", "y", "z", dtype=np.float64)
+
+        region.scale.x *= 0.5  # the user squeezes the box to the temple's half
+        bpy.context.view_layer.update()
+        roi = jobs.dense_options(settings, "cpu", ws)["roi"]
+        run_backend("run", temple / "images", "--workspace", ws, "--roi", json.dumps(roi), "--stages", "fusion",
+                    check=True)
+        cropped = read_ply(ws / "dense" / "fused.ply").column("x", "y", "z", dtype=np.float64)
+        box = Box.from_dict(roi)
+        assert box.half_size[0] == pytest.approx(automatic["half_size"][0] / 2)
+        assert box.contains(cropped).all() and 1000 < len(cropped) < 0.8 * len(full)
+    finally:
+        disable_addon()

@@ -70,7 +70,7 @@ class Workspace(Layout):
         """The files a finished stage hands on, by name (what the add-on imports)."""
         out = {stage: self.stage_output(stage)}
         if stage == "undistort":
-            out.update(cameras=self.undistorted_model, camera_photos=self.undistorted_images)
+            out.update(cameras=self.undistorted_model, camera_photos=self.undistorted_images, region=self.region)
         elif stage == "fusion":
             out["dense_points"] = self.fused
         elif stage == "mesh":

@@ -7,6 +7,7 @@ plain dicts out (they travel back to the pipeline and into job.json).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from contextlib import closing
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING, Callable
 
 import pycolmap
 
-from blender_addon.shared.layout import COLMAP_FRAME_MODEL, FRAME_FILE, UNDISTORTED_MODEL
+from blender_addon.shared.layout import COLMAP_FRAME_MODEL, FRAME_FILE, REGION_JSON, UNDISTORTED_MODEL
 from backend.sfm import ladder
 from backend.sfm.frame import identity as frame_identity, world_frame
 from backend.errors import ErrorCode, ReconstructError
@@ -127,6 +128,20 @@ def model_stats(rec: "pycolmap.Reconstruction") -> dict:
             "cameras": cameras}
 
 
+def write_region(undistorted: Path) -> dict:
+    """The automatic region (backend.dense.roi.automatic_region) into undistorted/region.json,
+    so Blender can show it as a box to adjust before dense stereo runs."""
+    from backend.dense.mvs import resolve_roi
+    from backend.dense.scene import load_scene
+
+    box, info = resolve_roi(load_scene(undistorted, 1 << 30), None)
+    region = {**box.as_dict(), **info}
+    tmp = undistorted / (REGION_JSON + ".partial")
+    tmp.write_text(json.dumps(region, indent=1))
+    os.replace(tmp, undistorted / REGION_JSON)
+    return region
+
+
 def undistort(model_dir: Path, image_dir: Path, out_dir: Path, opts: SfmOptions) -> dict:
     """Pinhole images + model (COLMAP layout: images/, sparse/, stereo/) for
     dense stereo and splats, which need pinhole cameras."""
@@ -136,7 +151,8 @@ def undistort(model_dir: Path, image_dir: Path, out_dir: Path, opts: SfmOptions)
     pycolmap.undistort_images(out_dir, model_dir, image_dir, output_type="COLMAP",
                               undistort_options=options, num_threads=opts.num_threads)
     rec = pycolmap.Reconstruction(out_dir / UNDISTORTED_MODEL)
-    return {"num_images": rec.num_reg_images(),
+    region = write_region(out_dir)
+    return {"num_images": rec.num_reg_images(), "region": region,
             "max_size": max(max(c.width, c.height) for c in rec.cameras.values())}
 
 

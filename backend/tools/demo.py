@@ -68,7 +68,8 @@ def run_demo(out: str | Path, quality: str = "balanced", scene: str | Path | Non
     dense, mesh = geometry["dense"], geometry["mesh"]
     print(f"  dense points           {summary['dense']['dense_points']} ({dense['num_points']} near the object)")
     print(f"  dense F-score          {dense['f_score']:.3f} at {geometry['threshold']:.4f} (1% of the object's "
-          f"diagonal): accuracy {dense['accuracy']:.3f}, completeness {dense['completeness']:.3f}")
+          f"diagonal): accuracy {dense['accuracy']:.3f}, completeness {dense['completeness']:.3f}; "
+          f"{geometry['dense_half']['f_score']:.3f} at 0.5%")
     print(f"  mesh                   {mesh['faces']} faces, mean distance to the true surface "
           f"{100 * mesh['mean_distance_fraction']:.3f}% of the diagonal, farthest "
           f"{100 * mesh['max_distance_fraction']:.2f}%")

@@ -29,27 +29,29 @@ from typing import Any
 import bpy
 
 from ..shared.colmap_io import read_model
-from ..shared.layout import ATLAS_PNG, Layout
+from ..shared.layout import ATLAS_PNG, REGION_JSON, Layout
 from .datablocks import undo_on_failure
 from .cameras import IMAGE_NAME_KEY, build_cameras, make_active_camera, prepare_cameras, workspace_model
 from .frame import job_origin, parent_to_origin
 from .mesh import build_mesh, prepare_mesh, prepare_textured_mesh, show_vertex_colors_in_solid_view
 from .points import MODIFIER as POINTS_MODIFIER, build_points, prepare_points
+from .region import AUTO_KEY as REGION_KEY, build_region, prepare_region
 from .splats import MODIFIER as SPLATS_MODIFIER, build_splats, prepare_splats
 from ..render.compositing import ensure_compositing
 from ..shared.glb_io import read_glb
 from ..shared.ply_io import read_ply
 from ..shared.splat_ply import read_splats
 
-PARTS = ("cameras", "sparse", "dense", "mesh", "splats")
-LABELS = {"cameras": "cameras", "sparse": "sparse points", "dense": "dense points", "mesh": "mesh",
-          "splats": "splats"}
+PARTS = ("cameras", "sparse", "region", "dense", "mesh", "splats")
+LABELS = {"cameras": "cameras", "sparse": "sparse points", "region": "region", "dense": "dense points",
+          "mesh": "mesh", "splats": "splats"}
 WORKSPACE_KEY = "reconstruct_workspace"  # on the job's collection: the workspace it shows
 PART_KEY = "reconstruct_part"  # on each object of a job: which part it is (one of PARTS)
 # What each file holds (a COLMAP model holds both the cameras and the sparse points).
 # The texture stage's textured.obj is the job's mesh too, with UVs and the atlas: it replaces
 # the vertex-coloured one (whose colours it keeps) once it is there.
-SOURCE_PARTS = {"model": ("cameras", "sparse"), "dense": ("dense",), "mesh": ("mesh",), "textured": ("mesh",),
+# The undistorted model's folder also holds the automatic region (region.json).
+SOURCE_PARTS = {"model": ("cameras", "sparse", "region"), "dense": ("dense",), "mesh": ("mesh",), "textured": ("mesh",),
                 "splats": ("splats",)}
 # Splats shown at full density up to this many; beyond, the display keeps a
 # random fraction (the Density input of the object's modifier; renders and
@@ -120,6 +122,9 @@ def read_source(kind: str, path: Path, parts: tuple[str, ...], image_dir: Path |
             out.append(Prepared("cameras", cameras, len(cameras), path))
         if "sparse" in parts:
             out.append(Prepared("sparse", prepare_points(model.xyz, model.rgb), len(model.xyz), path))
+        region_file = path.parent / REGION_JSON
+        if "region" in parts and region_file.is_file():
+            out.append(Prepared("region", prepare_region(json.loads(region_file.read_text())), 1, region_file))
     elif kind == "dense":
         ply = read_ply(path)
         out.append(Prepared("dense", prepare_points(ply.column("x", "y", "z"), _rgb(ply)), len(ply.vertices), path))
@@ -200,6 +205,8 @@ def part_of(obj) -> str | None:
         return str(part)
     if obj.type == "CAMERA" and IMAGE_NAME_KEY in obj:
         return "cameras"
+    if REGION_KEY in obj:
+        return "region"
     if obj.type == "MESH":
         stem = re.sub(r"\.\d{3,}$", "", obj.name)
         if obj.modifiers.get(SPLATS_MODIFIER) is not None:
@@ -218,6 +225,9 @@ def build_part(item: Prepared, collection, name: str, scene, point_size: float =
     started = time.perf_counter()
     old = [o for o in collection.all_objects if part_of(o) == item.part]
     data = item.data
+    if item.part == "region" and old:  # the user's box (moved or not) stays: delete it to get a new one
+        item.build_seconds = time.perf_counter() - started
+        return old
     with undo_on_failure():  # a failure leaves no datablock of this part behind
         if item.part == "cameras":
             names = [spec.stem for spec in data.cameras]
@@ -230,6 +240,12 @@ def build_part(item: Prepared, collection, name: str, scene, point_size: float =
             names = [f"{name} mesh"]
             new = [build_mesh(names[0], data, collection)]
             show_vertex_colors_in_solid_view(getattr(bpy.context, "screen", None))
+        elif item.part == "region":
+            names = [f"{name} region"]
+            new = [build_region(names[0], data, collection)]
+            settings = getattr(scene, "reconstruct", None)
+            if settings is not None and settings.roi_object is None:
+                settings.roi_object = new[0]
         elif item.part == "splats":
             names = [f"{name} splats"]
             new = [build_splats(names[0], data, collection, density=min(1.0, DISPLAY_SPLATS / max(1, len(data))))]

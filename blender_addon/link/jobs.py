@@ -176,7 +176,7 @@ class Runner:
     def parts(self) -> tuple[str, ...]:
         """What to import from the workspace: what the user asked for."""
         settings = self._settings()
-        return ("cameras", "sparse", *(stage.part for stage in toggled(settings) if stage.part))
+        return ("cameras", "sparse", "region", *(stage.part for stage in toggled(settings) if stage.part))
 
     def cancel(self) -> None:
         if self.client is not None and self.job_id is not None and self.ending is None:
@@ -476,9 +476,13 @@ def dense_options(settings, device: str, workspace: Path | None = None) -> dict:
 
         origin = origin_for_workspace(workspace) if workspace is not None else None
         try:
-            options["roi"] = object_box(settings.roi_object, to_workspace(origin))
+            box = object_box(settings.roi_object, to_workspace(origin))
         except ValueError as exc:
             raise UserError(str(exc)) from None
+        from ..importers.region import untouched
+
+        if not untouched(settings.roi_object, box):  # a job's automatic region as it came: the backend's own
+            options["roi"] = box
     return options
 
 

@@ -12,6 +12,7 @@ MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin")
 """A COLMAP binary model: the files a model folder must hold."""
 # Inside a stage's output folder (COLMAP's undistorted layout; ours for the mesh and splats).
 UNDISTORTED_MODEL, UNDISTORTED_IMAGES = "sparse", "images"
+REGION_JSON = "region.json"  # in undistorted/: the region dense stereo takes when the user gives none
 MESH_PLY, MESH_GLB = "mesh.ply", "mesh.glb"
 SPLATS_PLY, SPLATS_INFO = "splats.ply", "splats.json"
 # Inside the texture stage's output: the textured mesh for other tools and Blender.
@@ -58,6 +59,9 @@ class Layout:
     def undistorted_model(self) -> Path: return self.undistorted / UNDISTORTED_MODEL
     @property
     def undistorted_images(self) -> Path: return self.undistorted / UNDISTORTED_IMAGES
+
+    @property
+    def region(self) -> Path: return self.undistorted / REGION_JSON
     @property
     def stereo(self) -> Path: return self.output("mvs")
     @property

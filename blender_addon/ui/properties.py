@@ -54,8 +54,10 @@ class ReconstructSettings(bpy.types.PropertyGroup):
     quality: EnumProperty(name="Quality", items=QUALITY_ITEMS, default="balanced")
     roi_object: PointerProperty(name="Region", type=bpy.types.Object,
                                 description="Only reconstruct inside this object's bounding box (any object: "
-                                            "a cube scaled around the subject, an empty, ...). Empty: "
-                                            "the bounds of the sparse points")
+                                            "a cube scaled around the subject, an empty, ...). Each job's "
+                                            "cameras bring the automatic region as '<job> region' (the "
+                                            "subject for object captures; the cameras' surroundings and the "
+                                            "ground for scenes): move or scale it before the dense stages run")
     texture_size: EnumProperty(name="Texture", default="QUALITY", items=[
         ("QUALITY", "From Quality", "Fast 2k, Balanced 4k, High 8k"),
         ("2048", "2k", "A 2048 px texture atlas"), ("4096", "4k", "A 4096 px texture atlas"),
