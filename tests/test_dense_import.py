@@ -150,6 +150,7 @@ def test_the_automatic_region_comes_in_as_a_box_and_adjusting_it_changes_what_is
         settings = bpy.context.scene.reconstruct
         import_workspace(ws, "temple", bpy.context.scene, parts=("cameras", "region"))
         region = bpy.data.objects["temple region"]
+        bpy.context.view_layer.update()
         assert settings.roi_object == region and region.display_type == "WIRE" and region.hide_render
         automatic = read_json(ws / "undistorted" / "region.json")
         assert automatic["kind"] == "object"  # the temple ring surrounds its subject

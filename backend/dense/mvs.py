@@ -393,8 +393,9 @@ def estimate_depth(ref: np.ndarray, srcs: list[np.ndarray], view_ref: View, view
             # level below matched confidently (a dark pavement is textured at a quarter of
             # the size, not at full size), keep the plane from below: fusion's multi-view
             # check judges it like any other depth.
-            fine = (cost < MAX_COST) & ~border & (level.std > MIN_TEXTURE)
-            inherit = ~fine & parent(confident)
+            textured = level.std > MIN_TEXTURE
+            fine = (cost < MAX_COST) & ~border & textured
+            inherit = ~textured & parent(confident)
             inv_depth = torch.where(inherit, up, inv_depth)
             confident = fine | inherit
             continue

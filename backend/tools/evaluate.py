@@ -120,6 +120,16 @@ def sample_surface(vertices: np.ndarray, faces: np.ndarray, spacing: float, seed
     return t[:, 0] + a * (t[:, 1] - t[:, 0]) + b * (t[:, 2] - t[:, 0])
 
 
+def _pixels(cam, image, points: np.ndarray):
+    """Pinhole image coordinates u, v [N] (pixel centres at +0.5), depths z [N] and whether
+    each point is in front of the camera, for world `points` [N, 3]."""
+    fx, fy, cx, cy = cam.pinhole()
+    X = points @ image.R.T + image.t
+    z = X[:, 2]
+    front = z > 1e-9
+    return fx * X[:, 0] / np.where(front, z, 1) + cx, fy * X[:, 1] / np.where(front, z, 1) + cy, z, front
+
+
 def visible_in(samples: np.ndarray, model_dir: Path, min_views: int = 2, tolerance: float = 0.005) -> np.ndarray:
     """[N] bool: which surface samples at least `min_views` cameras of a COLMAP
     model see unoccluded. A z-buffer of the samples themselves per camera: a
@@ -132,12 +142,8 @@ def visible_in(samples: np.ndarray, model_dir: Path, min_views: int = 2, toleran
     seen = np.zeros(len(samples), np.int32)
     for image in model.images.values():
         cam = model.cameras[image.camera_id]
-        fx, fy, cx, cy = cam.pinhole()
-        X = samples @ image.R.T + image.t
-        z = X[:, 2]
-        front = z > 1e-9
-        u = np.floor(fx * X[:, 0] / np.where(front, z, 1) + cx).astype(np.int64)
-        v = np.floor(fy * X[:, 1] / np.where(front, z, 1) + cy).astype(np.int64)
+        u, v, z, front = _pixels(cam, image, samples)
+        u, v = np.floor(u).astype(np.int64), np.floor(v).astype(np.int64)
         ok = front & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
         pixel = v * cam.width + u
         nearest = np.full(cam.width * cam.height, np.inf)
@@ -253,7 +259,7 @@ def _ransac_plane(points: np.ndarray, threshold: float, normal_ok, iterations: i
     return n, d, np.abs(points @ n - d) < threshold
 
 
-def facade_scores(workspaces: list[Path], min_views: int = 2, debug_image: str | None = None) -> list[dict]:
+def facade_scores(workspaces: list[Path], min_views: int = 2) -> list[dict]:
     """How much of the ground in front of a facade each workspace's dense cloud covers, and how
     flat its wall is, with no true surface to compare against. The workspaces share one sparse
     model (the same cameras; the upright frame, +Z up), so one reference serves them all:
@@ -335,12 +341,7 @@ def facade_scores(workspaces: list[Path], min_views: int = 2, debug_image: str |
     seen = np.zeros(len(cells), np.int32)
     for im in model.images.values():
         cam = model.cameras[im.camera_id]
-        fx, fy, cx, cy = cam.pinhole()
-        X = cells @ im.R.T + im.t
-        z = X[:, 2]
-        ok = z > 1e-9
-        u = fx * X[:, 0] / np.where(ok, z, 1) + cx
-        v = fy * X[:, 1] / np.where(ok, z, 1) + cy
+        u, v, _, ok = _pixels(cam, im, cells)
         seen += ok & (u >= 0) & (u < cam.width) & (v >= 0) & (v < cam.height)
     keep &= seen >= min_views
     results = []
@@ -353,15 +354,6 @@ def facade_scores(workspaces: list[Path], min_views: int = 2, debug_image: str |
         covered[iu[inside] * len(grid_v) + iv[inside]] = True
         wall_dist = np.abs(dense @ wall_n - wall_d)
         on_wall = wall_dist[wall_dist < distance / 50]
-        if debug_image:
-            from PIL import Image
-            grid = np.zeros((len(grid_u), len(grid_v), 3), np.uint8)
-            grid[keep.reshape(grid.shape[:2])] = (90, 0, 0)
-            grid[(keep & covered).reshape(grid.shape[:2])] = (0, 220, 0)
-            grid[(~keep & covered).reshape(grid.shape[:2])] = (60, 60, 160)
-            Image.fromarray(grid).save(f"{debug_image}_{len(results)}.png")
-        if debug_image:
-            np.save(f"{debug_image}_missed_{len(results)}.npy", cells[keep & ~covered])
         results.append({
             "ground_cells": int(keep.sum()), "ground_covered": float(covered[keep].mean()) if keep.any() else 0.0,
             "ground_tilt_deg": float(np.degrees(np.arccos(np.clip(ground_n @ up, -1, 1)))),
