@@ -10,11 +10,17 @@ torch has it and on the CPU otherwise:
 - cost: 1 - ZNCC over a window, per source view, with the best half of the
   sources averaged per pixel (a view where the surface is hidden does not
   count against it);
-- a full sweep of fronto-parallel planes, uniform in inverse depth, on the
-  coarsest level of an image pyramid; each finer level searches a narrow band
-  around the depth from the level below; a parabola through the costs of the
-  best hypothesis and its neighbours gives sub-plane depth;
-- pixels with too little texture or a poor best cost are left empty. The
+- a full sweep of plane families on the coarsest level of an image pyramid
+  (`sweeps`): fronto-parallel planes uniform in inverse depth, and the ground's
+  and tilted planes, so surfaces seen at grazing angles (the ground, walls
+  along a street, the sides of round things) are compared on windows warped by
+  their own homography, as PatchMatch stereo does per pixel, at the cost of a
+  few more sweeps of a small image;
+- each finer level takes its parent's plane at its own pixel and searches a
+  narrow band around it; a parabola through the costs of the best hypothesis
+  and its neighbours gives sub-plane depth;
+- pixels with too little texture or a poor best cost are left empty, unless
+  only the finest window is flat and the level below matched confidently. The
   multi-view geometric consistency filter runs in fusion.py, which needs
   every depth map.
 
@@ -44,7 +50,8 @@ if TYPE_CHECKING:
 
 Progress = Callable[[float, str], None]
 
-COARSEST_SIZE = 200  # px: the full plane sweep runs on a pyramid level no larger than this
+COARSEST_SIZE = 400  # px: the fronto-parallel sweep runs on a pyramid level no larger than this,
+# the slanted families on the level below it (small photos, the temple's 640 px, lose thin parts at 200)
 MIN_TEXTURE = 0.01  # std of a window's grey values (0..1) below which depth is not estimated
 MAX_COST = 0.5  # best aggregated 1 - ZNCC above which a pixel is left empty
 MAX_ANGLE_DEG = 60.0  # source views seeing the surface more obliquely than this match poorly
@@ -129,16 +136,19 @@ class _Level:
         return tuple(self.ref.shape)
 
 
-def _pyramid(ref, srcs, K_ref, K_srcs, radius):
+def _halve(level: "_Level") -> "_Level":
     import torch.nn.functional as F
 
+    half = lambda img: F.avg_pool2d(img[None, None], 2, ceil_mode=True)[0, 0]  # noqa: E731
+    scale = np.diag([0.5, 0.5, 1.0])
+    return _Level(half(level.ref), [half(s) for s in level.srcs], scale @ level.K_ref,
+                  [scale @ K for K in level.K_srcs], level.radius)
+
+
+def _pyramid(ref, srcs, K_ref, K_srcs, radius):
     levels = [_Level(ref, srcs, K_ref, K_srcs, radius)]
     while max(levels[-1].shape) > COARSEST_SIZE:
-        prev = levels[-1]
-        half = lambda img: F.avg_pool2d(img[None, None], 2, ceil_mode=True)[0, 0]
-        scale = np.diag([0.5, 0.5, 1.0])
-        levels.append(_Level(half(prev.ref), [half(s) for s in prev.srcs], scale @ prev.K_ref,
-                             [scale @ K for K in prev.K_srcs], radius))
+        levels.append(_halve(levels[-1]))
     return levels[::-1]  # coarsest first
 
 
@@ -182,10 +192,7 @@ def _relative(level: _Level, view_ref: View, views_src: list[View], torch_device
     import torch
 
     H, W = level.shape
-    v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64) + 0.5,
-                          torch.arange(W, dtype=torch.float64) + 0.5, indexing="ij")
-    pix = torch.stack([u, v, torch.ones_like(u)]).reshape(3, -1)
-    rays = torch.from_numpy(np.linalg.inv(level.K_ref)) @ pix  # [3, HW]
+    rays = _pixel_rays(level).reshape(3, -1)  # [3, HW]
     rel = []
     for view, K_s in zip(views_src, level.K_srcs):
         R_rel = view.R @ view_ref.R.T
@@ -232,13 +239,14 @@ class Sweep:
 def sweeps(view: View, points_cam: np.ndarray) -> list[Sweep]:
     """The plane families for a reference view: fronto-parallel, the ground
     (world +Z is up: the sfm stage made the model upright), and planes tilted
-    left, right, up and down (walls seen along their length, the sides of
-    round things). Families within TILT_MIN_DEG of one already chosen, or
-    with too few sparse points in front of them, are left out."""
+    left and right (walls seen along their length, the sides of round things).
+    Families tilted up and down added nothing on fountain-P11 or the synthetic
+    scenes (the ground family covers what lies below) and cost a fifth more
+    time each. Families within TILT_MIN_DEG of one already chosen, or with too
+    few sparse points in front of them, are left out."""
     s, c = math.sin(math.radians(TILT_DEG)), math.cos(math.radians(TILT_DEG))
     candidates = [("fronto-parallel", np.array([0.0, 0.0, 1.0])), ("ground", -view.R[:, 2]),
-                  ("tilted left", np.array([s, 0, c])), ("tilted right", np.array([-s, 0, c])),
-                  ("tilted up", np.array([0, s, c])), ("tilted down", np.array([0, -s, c]))]
+                  ("tilted left", np.array([s, 0, c])), ("tilted right", np.array([-s, 0, c]))]
     found: list[Sweep] = []
     for name, n in candidates:
         n = n / np.linalg.norm(n)
@@ -251,15 +259,15 @@ def sweeps(view: View, points_cam: np.ndarray) -> list[Sweep]:
     return found
 
 
-def _pixel_rays(level: "_Level", device):
-    """K^-1 [u, v, 1] at the level's pixel centres: [3, H, W] (z = 1)."""
+def _pixel_rays(level: "_Level"):
+    """K^-1 [u, v, 1] at the level's pixel centres: [3, H, W] float64 on the CPU (z = 1)."""
     import torch
 
     H, W = level.shape
     v, u = torch.meshgrid(torch.arange(H, dtype=torch.float64) + 0.5,
                           torch.arange(W, dtype=torch.float64) + 0.5, indexing="ij")
     pix = torch.stack([u, v, torch.ones_like(u)]).reshape(3, -1)
-    return (torch.from_numpy(np.linalg.inv(level.K_ref)) @ pix).reshape(3, H, W).float().to(device)
+    return (torch.from_numpy(np.linalg.inv(level.K_ref)) @ pix).reshape(3, H, W)
 
 
 def _family_planes(level: "_Level", sweep: Sweep, step: float, inv_near: float, inv_far: float):
@@ -299,7 +307,7 @@ def _sweep_family(level: "_Level", rel, sweep: Sweep, w: np.ndarray, inv_near: f
     import torch
 
     n = torch.tensor(sweep.normal, dtype=torch.float32, device=device)
-    k = torch.einsum("c,chw->hw", n, _pixel_rays(level, device))  # 1/z = k / c
+    k = torch.einsum("c,chw->hw", n, _pixel_rays(level).float().to(device))  # 1/z = k / c
     step = float(w[1] - w[0]) if len(w) > 1 else 1.0
     w = torch.tensor(w, dtype=torch.float32, device=device)[:, None, None]
     H, W = level.shape
@@ -344,6 +352,51 @@ def _upsample(inv, grad, size, device):
     return up, (gu / 2, gv / 2), lambda a: a[iy][:, ix]
 
 
+def _refine(level: "_Level", rel, up, step: float, inv_near: float, inv_far: float):
+    """The best of 7 inverse depths `step` apart around `up` [H, W] per pixel."""
+    import torch
+
+    H, W = level.shape
+    offsets = torch.arange(-3, 4, device=up.device, dtype=torch.float32)[:, None, None] * step
+    hyp = (up + offsets).clamp(inv_far * 0.5, inv_near / SLANTED_NEAR * 2)
+    volume = torch.cat([_costs(level, rel, hyp[a:b]) for a, b in _chunks(7, H, W)])
+    return _winner(volume, hyp, step)
+
+
+def _slanted_sweep(level: "_Level", view_ref: View, views_src: list[View], families: list[Sweep],
+                   near: float, far: float, device):
+    """The best plane of the slanted families per pixel, swept on the level below `level`
+    (a quarter of the pixels: six families cost about what the fronto-parallel sweep does at
+    full size) and refined on `level`: inverse depth, cost, at-border, gradient; None when no
+    family has planes there."""
+    import torch
+
+    half = _halve(level)
+    rel = _relative(half, view_ref, views_src, device)
+    w = _fronto_planes(half, view_ref, views_src, near, far)
+    step = float(w[1] - w[0])
+    inv_near, inv_far = 1.0 / near, 1.0 / far
+    best = None
+    for family in families:
+        w = _family_planes(half, family, step, inv_near, inv_far)
+        if w is None or len(w) < 2:
+            continue
+        # The ground at a photo's foot is nearer than anything SIFT found there.
+        found = _sweep_family(half, rel, family, w, inv_near / SLANTED_NEAR, inv_far, device)
+        if best is None:
+            best = found
+            continue
+        better = found[1] < best[1]
+        best = (*(torch.where(better, new, old) for new, old in zip(found[:3], best[:3])),
+                tuple(torch.where(better, new, old) for new, old in zip(found[3], best[3])))
+    if best is None:
+        return None
+    up, grad, _ = _upsample(best[0], best[3], level.shape, device)
+    inv, cost, border = _refine(level, _relative(level, view_ref, views_src, device), up, step / 2,
+                                inv_near, inv_far)
+    return inv, cost, border, grad
+
+
 def estimate_depth(ref: np.ndarray, srcs: list[np.ndarray], view_ref: View, views_src: list[View],
                    near: float, far: float, opts: DenseOptions, device,
                    families: list[Sweep] | None = None) -> np.ndarray:
@@ -352,56 +405,40 @@ def estimate_depth(ref: np.ndarray, srcs: list[np.ndarray], view_ref: View, view
     families of the coarse sweep (default: fronto-parallel only)."""
     import torch
 
-    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(device)
+    t = lambda a: torch.from_numpy(np.ascontiguousarray(a, np.float32)).to(device)  # noqa: E731
     levels = _pyramid(t(ref), [t(s) for s in srcs], view_ref.K, [v.K for v in views_src], opts.window_radius)
     inv_near, inv_far = 1.0 / near, 1.0 / far
-    families = families or [Sweep("fronto-parallel", np.array([0.0, 0.0, 1.0]), np.array([inv_far]))]
-    inv_depth = None
-    for level in levels:
-        H, W = level.shape
-        rel = _relative(level, view_ref, views_src, device)
-        if inv_depth is None:
-            w = _fronto_planes(level, view_ref, views_src, near, far)
-            step = float(w[1] - w[0])
-            for family in families:
-                if family.name != "fronto-parallel":
-                    w = _family_planes(level, family, step, inv_near, inv_far)
-                    if w is None or len(w) < 2:
-                        continue
-                    # The ground at a photo's foot is nearer than anything SIFT found there.
-                    found = _sweep_family(level, rel, family, w, inv_near / SLANTED_NEAR, inv_far, device)
-                    # A slanted plane must beat the fronto-parallel one clearly: on a
-                    # surface facing the camera some tilt fits a low-resolution window
-                    # about as well, and its slant would carry into the finer levels.
-                    better = found[1] < cost - SLANT_MARGIN
-                else:
-                    found = _sweep_family(level, rel, family, w, inv_near, inv_far, device)
-                if inv_depth is None:
-                    inv_depth, cost, border, grad = found
-                    continue
-                inv_depth, cost, border = (torch.where(better, new, old) for new, old in
-                                           zip(found[:3], (inv_depth, cost, border)))
-                grad = tuple(torch.where(better, new, old) for new, old in zip(found[3], grad))
-        else:
-            step /= 2
-            up, grad, parent = _upsample(inv_depth, grad, (H, W), device)
-            offsets = torch.arange(-3, 4, device=device, dtype=torch.float32)[:, None, None] * step
-            hyp = (up + offsets).clamp(inv_far * 0.5, inv_near / SLANTED_NEAR * 2)
-            volume = torch.cat([_costs(level, rel, hyp[a:b]) for a, b in _chunks(7, H, W)])
-            inv_depth, cost, border = _winner(volume, hyp, step)
-            # Where this level's window sees too little texture or matches poorly but the
-            # level below matched confidently (a dark pavement is textured at a quarter of
-            # the size, not at full size), keep the plane from below: fusion's multi-view
-            # check judges it like any other depth.
-            textured = level.std > MIN_TEXTURE
-            fine = (cost < MAX_COST) & ~border & textured
-            inherit = ~textured & parent(confident)
-            inv_depth = torch.where(inherit, up, inv_depth)
-            confident = fine | inherit
-            continue
-        confident = (cost < MAX_COST) & ~border & (level.std > MIN_TEXTURE)
+    fronto = Sweep("fronto-parallel", np.array([0.0, 0.0, 1.0]), np.array([inv_far]))
+    slanted = [f for f in families or [] if f.name != fronto.name]
+    coarse = levels[0]
+    w = _fronto_planes(coarse, view_ref, views_src, near, far)
+    step = float(w[1] - w[0])
+    inv_depth, cost, border, grad = _sweep_family(coarse, _relative(coarse, view_ref, views_src, device), fronto,
+                                                  w, inv_near, inv_far, device)
+    found = _slanted_sweep(coarse, view_ref, views_src, slanted, near, far, device) if slanted else None
+    if found is not None:
+        # A slanted plane must beat the fronto-parallel one clearly: on a surface facing the
+        # camera some tilt fits a low-resolution window about as well, and its slant would
+        # carry into the finer levels.
+        better = found[1] < cost - SLANT_MARGIN
+        inv_depth, cost, border = (torch.where(better, new, old) for new, old in
+                                   zip(found[:3], (inv_depth, cost, border)))
+        grad = tuple(torch.where(better, new, old) for new, old in zip(found[3], grad))
+    confident = (cost < MAX_COST) & ~border & (coarse.std > MIN_TEXTURE)
+    for level in levels[1:]:
+        step /= 2
+        up, grad, parent = _upsample(inv_depth, grad, level.shape, device)
+        inv_depth, cost, border = _refine(level, _relative(level, view_ref, views_src, device), up, step,
+                                          inv_near, inv_far)
+        # Where this level's window is flat but the level below matched confidently (a dark
+        # pavement is textured at a quarter of the size, not at full size), keep the plane
+        # from below: fusion's multi-view check judges it like any other depth.
+        textured = level.std > MIN_TEXTURE
+        inherit = ~textured & parent(confident)
+        inv_depth = torch.where(inherit, up, inv_depth)
+        confident = ((cost < MAX_COST) & ~border & textured) | inherit
     good = confident & (inv_depth > 0)
-    good &= (inv_depth >= inv_far * 0.999) & (inv_depth <= inv_near * (1.001 / SLANTED_NEAR if len(families) > 1 else 1.001))
+    good &= (inv_depth >= inv_far * 0.999) & (inv_depth <= inv_near * (1.001 / SLANTED_NEAR if slanted else 1.001))
     return torch.where(good, 1.0 / inv_depth.clamp_min(1e-9), torch.zeros_like(inv_depth)).cpu().numpy()
 
 
