@@ -78,7 +78,8 @@ def test_photos_become_cameras_points_and_a_mesh_while_blender_stays_responsive(
     # read on the add-on's reader thread meanwhile).
     assert_ticks_short(jobs.runner, minimum=20)
     # The mesh comes twice: vertex-coloured when the mesh stage is done, then textured.
-    assert [t["part"] for t in jobs.runner.import_ticks] == ["cameras", "sparse", "dense", "mesh", "mesh"]
+    assert [t["part"] for t in jobs.runner.import_ticks] == ["cameras", "sparse", "region", "dense", "mesh", "mesh"]
+    assert settings.roi_object == bpy.data.objects[f"{name} region"]  # the automatic region, to adjust
 
 
 def test_synthetic_scene_cameras_match_the_ground_truth(jobs):

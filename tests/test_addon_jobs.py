@@ -192,7 +192,7 @@ def test_a_failure_in_splats_keeps_what_finished_and_a_rerun_does_not_duplicate(
     workspace, name = Path(settings.workspace), settings.collection
     before = _census()
     counts = {part: len(objs) for part, objs in _parts(bpy.data.collections[name]).items()}
-    assert counts == {"cameras": counts["cameras"], "sparse": 1, "dense": 1, "mesh": 1}
+    assert counts == {"cameras": counts["cameras"], "sparse": 1, "region": 1, "dense": 1, "mesh": 1}
 
     # One undistorted photo broken: the cached stages are reused, splat training reads the photos and fails.
     photo = sorted((workspace / "undistorted" / "images").iterdir())[0]
@@ -207,7 +207,7 @@ def test_a_failure_in_splats_keeps_what_finished_and_a_rerun_does_not_duplicate(
     assert after == counts  # cameras, both clouds and the mesh: kept, replaced, not duplicated
     assert _census() == before
     # ... and they are this run's: every part was built again (from the reused stages).
-    assert [t["part"] for t in jobs.runner.import_ticks] == ["cameras", "sparse", "dense", "mesh"]
+    assert [t["part"] for t in jobs.runner.import_ticks] == ["cameras", "sparse", "region", "dense", "mesh"]
     assert "kept cameras" in settings.message and "mesh" in settings.message, settings.message
     assert_ticks_short(jobs.runner)
 

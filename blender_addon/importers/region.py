@@ -2,9 +2,9 @@
 object in the job's collection, so the user sees what will be reconstructed and
 can move, rotate or scale it before the dense stages run.
 
-The box is a wire cube (its local bounds are -1..1; location, rotation and scale
-carry the region's centre, axes and half sizes), parented to the job's origin
-like every part, and never rendered. It becomes the sidebar's Region when that
+The box is an empty drawn as a cube (its local bounds are -1..1; location,
+rotation and scale carry the region's centre, axes and half sizes), parented to
+the job's origin like every part, and never rendered. It becomes the sidebar's Region when that
 is empty. While the box stays as it came, the job asks the backend for its
 automatic region (so the depth maps are not recomputed for the same box in
 float32); once the user changes it, its bounds are sent (link/roi.py)."""
@@ -27,19 +27,18 @@ def prepare_region(region: dict) -> dict:
 
 
 def build_region(name: str, region: dict, collection) -> bpy.types.Object:
-    verts = [(x, y, z) for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)]
-    edges = [(a, b) for a in range(8) for b in range(a + 1, 8) if bin(a ^ b).count("1") == 1]
-    mesh = bpy.data.meshes.new(name)
-    mesh.from_pydata(verts, edges, [])
-    obj = bpy.data.objects.new(name, mesh)
+    """An empty drawn as a cube (Add > Empty > Cube, as an artist would make a region): its
+    bounds are -1..1 scaled by the region's half sizes (link/roi.object_box reads them back)."""
+    from mathutils import Matrix
+
+    obj = bpy.data.objects.new(name, None)
+    obj.empty_display_type = "CUBE"
+    obj.empty_display_size = 1.0
     collection.objects.link(obj)
     M = np.eye(4)
     M[:3, :3] = np.asarray(region["rotation"]) * np.asarray(region["half_size"])[None, :]
     M[:3, 3] = region["center"]
-    from mathutils import Matrix
-
     obj.matrix_basis = Matrix(M.tolist())
-    obj.display_type = "WIRE"
     obj.hide_render = True
     obj[AUTO_KEY] = json.dumps({k: region[k] for k in ("center", "rotation", "half_size")})
     obj["reconstruct_region_kind"] = region.get("kind", "")
