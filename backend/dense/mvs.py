@@ -363,12 +363,13 @@ def _refine(level: "_Level", rel, up, step: float, inv_near: float, inv_far: flo
     return _winner(volume, hyp, step)
 
 
-def _slanted_sweep(level: "_Level", view_ref: View, views_src: list[View], families: list[Sweep],
+def _slanted_sweep(level: "_Level", rel_level, view_ref: View, views_src: list[View], families: list[Sweep],
                    near: float, far: float, device):
     """The best plane of the slanted families per pixel, swept on the level below `level`
-    (a quarter of the pixels: six families cost about what the fronto-parallel sweep does at
-    full size) and refined on `level`: inverse depth, cost, at-border, gradient; None when no
-    family has planes there."""
+    (a quarter of the pixels: three families cost about what the fronto-parallel sweep does
+    on `level`) and refined on `level` (`rel_level`: its _relative, made for the
+    fronto-parallel sweep): inverse depth, cost, at-border, gradient; None when no family
+    has planes there."""
     import torch
 
     half = _halve(level)
@@ -392,7 +393,7 @@ def _slanted_sweep(level: "_Level", view_ref: View, views_src: list[View], famil
     if best is None:
         return None
     up, grad, _ = _upsample(best[0], best[3], level.shape, device)
-    inv, cost, border = _refine(level, _relative(level, view_ref, views_src, device), up, step / 2,
+    inv, cost, border = _refine(level, rel_level, up, step / 2,
                                 inv_near, inv_far)
     return inv, cost, border, grad
 
@@ -413,9 +414,9 @@ def estimate_depth(ref: np.ndarray, srcs: list[np.ndarray], view_ref: View, view
     coarse = levels[0]
     w = _fronto_planes(coarse, view_ref, views_src, near, far)
     step = float(w[1] - w[0])
-    inv_depth, cost, border, grad = _sweep_family(coarse, _relative(coarse, view_ref, views_src, device), fronto,
-                                                  w, inv_near, inv_far, device)
-    found = _slanted_sweep(coarse, view_ref, views_src, slanted, near, far, device) if slanted else None
+    rel = _relative(coarse, view_ref, views_src, device)
+    inv_depth, cost, border, grad = _sweep_family(coarse, rel, fronto, w, inv_near, inv_far, device)
+    found = _slanted_sweep(coarse, rel, view_ref, views_src, slanted, near, far, device) if slanted else None
     if found is not None:
         # A slanted plane must beat the fronto-parallel one clearly: on a surface facing the
         # camera some tilt fits a low-resolution window about as well, and its slant would
