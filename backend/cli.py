@@ -72,7 +72,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         for f in fields(cls_):
             flag = f.metadata.get("flag", "--" + f.name.replace("_", "-"))
             dest = f"{group}.{f.name}"
-            preset = [f"{q} {v[group][f.name]}" for q, v in QUALITY_PRESETS.items() if f.name in v[group]]
+            preset = [f"{q} {v.get(group, {}).get(f.name)}" for q, v in QUALITY_PRESETS.items() if f.name in v.get(group, {})]
             default = f"from --quality: {', '.join(preset)}" if preset else \
                 ("automatic" if f.default is None else f"{f.default}")
             text = f"{docs.get(f.name, '')} (default: {default})".strip().replace("%", "%%")
@@ -131,6 +131,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     result = run_job(args.photos, workspace, options_from_args(args), events, stages=tuple(args.stages),
                      start_over=args.new)
     s = result.summary
+    if s.get("video"):
+        v = s["video"]
+        print(f"video: {v['decoded']} frames decoded, {len(v['blurred'])} blurred left out, {v['kept']} kept "
+              f"({v['first_time']:.1f}-{v['last_time']:.1f} s) -> {result.artifacts.get('frames', '')}")
     if s["registered_images"]:
         print(f"registered {s['registered_images']}/{s['total_images']} photos, {s['num_points']} points, "
               f"mean reprojection error {s['mean_reprojection_error']:.3f} px, "
@@ -219,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m backend", description="Photos to 3D: the compute backend.")
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="reconstruct a folder of photos into a workspace")
-    run.add_argument("photos", help="folder of photos (read only, never modified)")
+    run = sub.add_parser("run", help="reconstruct a folder of photos, or a video, into a workspace")
+    run.add_argument("photos", help="folder of photos, or a video file (.mp4, .mov, ...): read only, never modified")
     run.add_argument("--workspace", required=True, help="folder for the results (created if needed)")
     _add_run_options(run)
     run.set_defaults(func=cmd_run)

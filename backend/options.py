@@ -15,7 +15,7 @@ from blender_addon.shared.stages import NAMES
 from backend.errors import ErrorCode, ReconstructError
 
 Quality = Literal["fast", "balanced", "high"]
-Matcher = Literal["auto", "exhaustive", "sequential", "spatial"]
+Matcher = Literal["auto", "exhaustive", "sequential", "spatial", "video"]
 Mapper = Literal["auto", "incremental", "global"]
 Frame = Literal["auto", "colmap"]
 Device = Literal["auto", "cuda", "cpu"]
@@ -50,8 +50,9 @@ class SfmOptions:
     from one camera are poorly constrained: the temple's pose error drops
     from 1.8% to 0.24% of the camera radius with them shared."""
     matcher: Matcher = "auto"
-    """auto: exhaustive for small sets, sequential for video-like frame names,
-    spatial for large geotagged sets."""
+    """auto: video for a video's frames (sequential, plus the pairs that close
+    a loop), exhaustive for small sets, sequential for video-like frame
+    names, spatial for large geotagged sets."""
     mapper: Mapper = "auto"
     """auto: incremental first; when it leaves photos out or its focal drifts
     far from the EXIF prior, a ladder of other attempts (EXIF focal held,
@@ -140,8 +141,19 @@ class TextureOptions:
 
 
 @dataclass
+class VideoOptions:
+    """Video input: which frames of a video become the job's photos."""
+
+    target_frames: int = field(default=0, metadata={"range": (0, 5000), "flag": "--frames"})
+    """How many frames to keep from a video, spread by how much the view
+    changes; blurred frames are never kept. 0 (auto): 4 per second of video,
+    at least 100 and at most 300."""
+
+
+@dataclass
 class JobOptions:
     quality: Quality = "balanced"
+    video: VideoOptions = field(default_factory=VideoOptions)
     sfm: SfmOptions = field(default_factory=SfmOptions)
     dense: DenseOptions = field(default_factory=DenseOptions)
     splats: SplatOptions = field(default_factory=SplatOptions)
@@ -178,7 +190,7 @@ class JobOptions:
             if not isinstance(given, dict):
                 raise ReconstructError(ErrorCode.BAD_OPTIONS, f"options.{group} must be a map of {group} options, "
                                        f"not {_kind(given)}.", f"Known {group} options: {_names(cls_)}.")
-            preset = dict(QUALITY_PRESETS[quality][group])
+            preset = dict(QUALITY_PRESETS[quality].get(group, {}))
             cpu = CPU_PRESETS[quality].get(group)
             if cpu and any(name not in given for name in cpu) and _on_cpu(group, given.get("device", "auto"), cuda):
                 preset.update(cpu)
@@ -237,7 +249,7 @@ def _bad(name: str, value, allowed: list) -> ReconstructError:
                             f"Use one of: {', '.join(map(str, allowed))}.")
 
 
-OPTION_GROUPS = {"sfm": SfmOptions, "dense": DenseOptions, "splats": SplatOptions, "texture": TextureOptions}
+OPTION_GROUPS = {"video": VideoOptions, "sfm": SfmOptions, "dense": DenseOptions, "splats": SplatOptions, "texture": TextureOptions}
 
 
 def field_docs(cls_) -> dict[str, str]:

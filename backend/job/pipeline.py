@@ -26,7 +26,8 @@ from blender_addon.shared.stages import STAGE
 from backend.job.device import package_versions
 from backend.errors import Cancelled, ErrorCode, ReconstructError, file_error
 from backend.options import JobOptions, SfmOptions
-from backend.job.photos import PhotoSet, looks_like_video_frames, one_camera, resolve_photo_folder, scan_photos
+from backend.job.photos import (IMAGE_EXTENSIONS, PhotoSet, looks_like_video_frames, one_camera, resolve_photo_folder,
+                                scan_photos)
 from backend.job.upright import stage_photo_folder
 from backend.job.stage_context import StageContext
 from backend.job.worker_client import Worker
@@ -85,11 +86,14 @@ def photo_identity(photos: PhotoSet) -> str:
     return stable_hash(sorted((p.name, p.size) for p in photos.photos))
 
 
-def choose_matcher(photos: PhotoSet, requested: str) -> tuple[str, str]:
+def choose_matcher(photos: PhotoSet, requested: str, video: bool = False) -> tuple[str, str]:
     """Which photo pairs to match, and why (the reason goes into the log)."""
     n = len(photos.photos)
     if requested != "auto":
         return requested, "requested"
+    if video:
+        return "video", ("frames of a video: each with the frames after it, and the end with the start and "
+                         "look-alike frames, for a walk that comes back to where it began")
     if n <= EXHAUSTIVE_MAX_IMAGES:
         return "exhaustive", f"{n} photos: every pair is matched"
     if looks_like_video_frames(photos.names):
@@ -125,24 +129,27 @@ def run_job(photos_dir: str | Path, workspace_dir: str | Path, options: JobOptio
             cancel: threading.Event | None = None, stages: tuple[str, ...] = declared.NAMES,
             start_over: bool = False) -> JobResult:
     """Run (or reuse) the stages named in `stages` and every stage they read from.
+    `photos_dir` is a folder of photos or a video file (then the frames stage
+    runs first and its frames are the photos).
     `start_over`: the workspace was made for other photos; remove our outputs there first."""
     cancel = cancel or threading.Event()
     ws = Workspace(resolve_photo_folder(_absolute_folder(workspace_dir, "workspace"), "workspace"))
-    photos_path = resolve_photo_folder(_absolute_folder(photos_dir, "photo folder", must_be_absolute=False))
-    if ws.root == photos_path:
+    source = resolve_photo_folder(_absolute_folder(photos_dir, "photo folder", must_be_absolute=False))
+    video = source if source.is_file() and source.suffix.lower() not in IMAGE_EXTENSIONS else None
+    if ws.root == source:
         raise ReconstructError(ErrorCode.WORKSPACE_UNWRITABLE,
                                "The workspace must not be the photo folder itself.",
                                "Choose a separate folder for the results, e.g. a 'reconstruction' folder beside the photos.")
-    if ws.root in photos_path.parents:
+    if ws.root in source.parents:
         raise ReconstructError(ErrorCode.BAD_OPTIONS,
-                               f"The photos in {photos_path} lie inside the workspace {ws.root}, among its outputs: "
-                               "a run would replace them while reading them. Nothing was changed.",
+                               f"The {'video' if video else 'photos'} in {source} lie inside the workspace {ws.root}, "
+                               "among its outputs: a run would replace them while reading them. Nothing was changed.",
                                "Choose the folder of your original photos (the workspace's own images are copies).")
     ws.open()
     worker = Worker(ws.log_file)
     worker.prestart()
     try:
-        return _run(photos_path, ws, options, _MonotonicProgress(events), cancel, stages, worker, start_over)
+        return _run(source, video, ws, options, _MonotonicProgress(events), cancel, stages, worker, start_over)
     finally:
         worker.close()
         ws.close()
@@ -161,71 +168,48 @@ def _absolute_folder(path, what: str, must_be_absolute: bool = True) -> str:
     return text
 
 
-def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: _MonotonicProgress,
-         cancel: threading.Event, stages: tuple[str, ...], worker: Worker, start_over: bool) -> JobResult:
-    job = ws.load_job()
-    photos = scan_photos(photos_path, cache=job.get("photo_cache") if job.get("photos") == str(photos_path) else None)
-    identity = photo_identity(photos)
-    made_for = job.get("photos")
-    if start_over:
-        ws.start_over()
-        job = ws.load_job()
-    elif made_for and job["stages"] and made_for != str(photos_path):
-        if job.get("photo_identity") != identity:
-            raise ReconstructError(
-                ErrorCode.WORKSPACE_OTHER_PHOTOS,
-                f"The workspace {ws.root} was made for the photos in {made_for}, not {photos_path}; "
-                "nothing was changed.",
-                "Choose another workspace (or job name) for these photos, or start over (--new on the command line, "
-                "'Start Over' in the sidebar) to replace that workspace's results.",
-                {"made_for": made_for, "photos": str(photos_path)})
-        events.log(f"the photos moved from {made_for} to {photos_path}: same files, same workspace")
-    for skipped in photos.skipped:
-        events.warning("skipped_file", f"Skipped {skipped.name}: {skipped.reason}.", asdict(skipped))
-    for notice in photos.notices:
-        events.warning(notice.code, notice.message + ".", notice.details)
-    job.update(photos=str(photos_path), photo_identity=identity, options=options.to_dict(),
-               backend_version=__version__, photo_cache={p.name: asdict(p) for p in photos.photos},
-               skipped=[asdict(s) for s in photos.skipped])
-    ws.save_job(job)
-    sfm = options.sfm
-    matcher, matcher_reason = choose_matcher(photos, sfm.matcher)
-    events.log(f"matching: {matcher} ({matcher_reason})")
-    first_octave = choose_first_octave(photos, sfm)
-    camera_mode = choose_camera_mode(photos, sfm)
-    events.log(f"intrinsics: {camera_mode[1]}")
-    decided = {"features": {"first_octave": first_octave, "camera_mode": camera_mode[0]},
-               "matching": {"matcher": matcher}}
-    run_stages = declared.needed(stages)
-    forced = set(declared.downstream(options.force)) if options.force else set()
-    # Each stage's identity: its input hash and when it last finished.
-    identity = {None: stable_hash(photos.fingerprint())}
-    ran: list[str] = []
-    stage_photos = None
-    for stage in run_stages:
-        spec = STAGE[stage]
-        group = getattr(options, spec.group)
-        digest = stable_hash(identity[spec.reads], {k: getattr(group, k) for k in spec.options},
-                             decided.get(stage, {}))
+def video_identity(video: Path) -> list:
+    """What the frames stage depends on: the video file (its name, size and time)."""
+    st = video.stat()
+    return [str(video), st.st_size, st.st_mtime_ns]
+
+
+@dataclass
+class _Runner:
+    """What running one stage needs, shared by the frames stage (before there
+    are photos) and the others."""
+    ws: Workspace
+    job: dict
+    options: JobOptions
+    events: _MonotonicProgress
+    cancel: threading.Event
+    worker: Worker
+    forced: set
+    identity: dict
+    """Each stage's identity: its input hash and when it last finished (None: the photos)."""
+    ran: list = field(default_factory=list)
+
+    def stage(self, stage: str, decided: dict, photos) -> None:
+        """Run `stage` unless its output is up to date. `photos()` gives the
+        folder and names it reads, called only when the stage runs."""
+        spec, ws, job, events = STAGE[stage], self.ws, self.job, self.events
+        group = getattr(self.options, spec.group)
+        digest = stable_hash(self.identity[spec.reads], {k: getattr(group, k) for k in spec.options}, decided)
         record = job["stages"].get(stage, {})
         output = ws.stage_output(stage)
-        fresh = (record.get("state") == "done" and record.get("hash") == digest and stage not in forced)
+        fresh = (record.get("state") == "done" and record.get("hash") == digest and stage not in self.forced)
         if fresh and not ws.stage_complete(stage):
             events.log(f"{stage}: some of its files are missing from {output}: running it again")
             fresh = False
         if fresh:
             events.progress(stage, 1.0, "up to date")
-            identity[stage] = stable_hash(digest, record["finished"])
+            self.identity[stage] = stable_hash(digest, record["finished"])
             events.stage_done(stage, ws.stage_artifacts(stage))
-            continue
-        if stage_photos is None:  # the first stage that runs: photos stored on their side turned upright
-            try:
-                stage_photos = stage_photo_folder(photos, ws.upright_photos, cancel.is_set, events.log)
-            except OSError as exc:
-                raise file_error(exc, "turning photos stored on their side upright") from None
-        if cancel.is_set():
+            return
+        photos_folder, photo_names = photos()
+        if self.cancel.is_set():
             raise Cancelled()
-        if stage in forced:
+        if stage in self.forced:
             ws.discard_partial(output)  # --force means from scratch, not from a checkpoint
         ensure_free_space(ws, stage)
         job["stages"][stage] = {"state": "running", "hash": digest}
@@ -235,9 +219,9 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: _Monoton
         try:
             try:
                 out = ws.partial_for(output, digest) if spec.kind == "partial" else ws.temp_for(output)
-                ctx = StageContext(stage, ws, stage_photos, photos.names, options, decided.get(stage, {}),
+                ctx = StageContext(stage, ws, photos_folder, photo_names, self.options, decided,
                                    job["stages"].get(spec.reads, {}).get("result", {}) if spec.reads else {}, out)
-                result = worker.call(ctx.to_plain(), events=events, cancel=cancel)
+                result = self.worker.call(ctx.to_plain(), events=events, cancel=self.cancel)
                 if spec.kind == "partial":
                     ws.commit_partial(out, output)
                 else:
@@ -263,15 +247,83 @@ def _run(photos_path: Path, ws: Workspace, options: JobOptions, events: _Monoton
         ws.save_job(job)
         # Downstream stages depend on this run of the stage, not only on its
         # options: a rerun (forced, or after a cancel) may move the cameras.
-        identity[stage] = stable_hash(digest, job["stages"][stage]["finished"])
-        ran.append(stage)
+        self.identity[stage] = stable_hash(digest, job["stages"][stage]["finished"])
+        self.ran.append(stage)
         events.progress(stage, 1.0, "done")
         events.stage_done(stage, ws.stage_artifacts(stage))
+
+
+def _run(source: Path, video: Path | None, ws: Workspace, options: JobOptions, events: _MonotonicProgress,
+         cancel: threading.Event, stages: tuple[str, ...], worker: Worker, start_over: bool) -> JobResult:
+    job = ws.load_job()
+    cache = job.get("photo_cache") if job.get("photos") == str(source) else None
+    if video is not None:
+        try:
+            identity = stable_hash(video.name, video.stat().st_size)
+        except OSError as exc:
+            raise file_error(exc, "reading the video") from None
+    else:
+        photos = scan_photos(source, cache=cache)
+        identity = photo_identity(photos)
+    made_for = job.get("photos")
+    if start_over:
+        ws.start_over()
+        job = ws.load_job()
+    elif made_for and job["stages"] and made_for != str(source):
+        if job.get("photo_identity") != identity:
+            raise ReconstructError(
+                ErrorCode.WORKSPACE_OTHER_PHOTOS,
+                f"The workspace {ws.root} was made for the {'video' if video else 'photos'} in {made_for}, "
+                f"not {source}; nothing was changed.",
+                "Choose another workspace (or job name) for these photos, or start over (--new on the command line, "
+                "'Start Over' in the sidebar) to replace that workspace's results.",
+                {"made_for": made_for, "photos": str(source)})
+        events.log(f"the photos moved from {made_for} to {source}: same files, same workspace")
+    forced = set(declared.downstream(options.force)) if options.force else set()
+    runner = _Runner(ws, job, options, events, cancel, worker, forced, {})
+    run_stages = declared.needed(stages)
+    if video is not None:
+        job.update(photos=str(source), photo_identity=identity)
+        ws.save_job(job)
+        runner.identity[None] = stable_hash(video_identity(video))
+        runner.stage("frames", {"video": str(video)}, lambda: (video.parent, []))
+        run_stages = ("frames", *run_stages)
+        photos = scan_photos(ws.frames, cache=cache)
+    for skipped in photos.skipped:
+        events.warning("skipped_file", f"Skipped {skipped.name}: {skipped.reason}.", asdict(skipped))
+    for notice in photos.notices:
+        events.warning(notice.code, notice.message + ".", notice.details)
+    job.update(photos=str(source), photo_identity=identity, options=options.to_dict(),
+               backend_version=__version__, photo_cache={p.name: asdict(p) for p in photos.photos},
+               skipped=[asdict(s) for s in photos.skipped])
+    ws.save_job(job)
+    sfm = options.sfm
+    matcher, matcher_reason = choose_matcher(photos, sfm.matcher, video is not None)
+    events.log(f"matching: {matcher} ({matcher_reason})")
+    first_octave = choose_first_octave(photos, sfm)
+    camera_mode = choose_camera_mode(photos, sfm)
+    events.log(f"intrinsics: {camera_mode[1]}")
+    decided = {"features": {"first_octave": first_octave, "camera_mode": camera_mode[0]},
+               "matching": {"matcher": matcher}}
+    runner.identity[None] = stable_hash(photos.fingerprint())
+    staged = []
+
+    def stage_photos():  # the first stage that runs: photos stored on their side turned upright
+        if not staged:
+            try:
+                staged.append(stage_photo_folder(photos, ws.upright_photos, cancel.is_set, events.log))
+            except OSError as exc:
+                raise file_error(exc, "turning photos stored on their side upright") from None
+        return staged[0], photos.names
+
+    for stage in run_stages:
+        if stage != "frames":
+            runner.stage(stage, decided.get(stage, {}), stage_photos)
     summary = write_summary(ws, job, photos, matcher, first_octave, camera_mode[0], run_stages,
-                            events.warnings)
+                            events.warnings, video)
     artifacts = {name: path for stage in run_stages for name, path in ws.stage_artifacts(stage).items()}
     artifacts["summary"] = str(ws.summary_file)
-    return JobResult(ws.root, summary, artifacts, ran)
+    return JobResult(ws.root, summary, artifacts, runner.ran)
 
 
 MIN_FREE_BYTES = int(float(os.environ.get("RECONSTRUCT_MIN_FREE_MB", 64)) * 2**20)
@@ -326,14 +378,17 @@ def explain_failure(exc: ReconstructError, ws: Workspace, stage: str) -> Reconst
 
 
 def write_summary(ws: Workspace, job: dict, photos: PhotoSet, matcher: str, first_octave: int,
-                  camera_mode: str, run_stages: tuple[str, ...], warnings: list[dict] | None = None) -> dict:
+                  camera_mode: str, run_stages: tuple[str, ...], warnings: list[dict] | None = None,
+                  video: Path | None = None) -> dict:
     # Records of stages this run did not reach may describe an older upstream.
     stages = {name: rec for name, rec in job["stages"].items() if name in run_stages}
     mapping = stages.get("mapping", {}).get("result", {})
     features = stages.get("features", {}).get("result", {})
     registered = mapping.get("registered", [])
+    frames = stages.get("frames", {}).get("result") if video is not None else None
     summary = {
         "photos": str(photos.folder),
+        "video": None if frames is None else {"file": str(video), **frames},
         "workspace": str(ws.root),
         "total_images": len(photos.names),
         "registered_images": len(registered),

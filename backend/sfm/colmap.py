@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import time
 from contextlib import closing
 from pathlib import Path
@@ -18,6 +19,7 @@ import pycolmap
 
 from blender_addon.shared.layout import COLMAP_FRAME_MODEL, FRAME_FILE, REGION_JSON, UNDISTORTED_MODEL
 from backend.sfm import ladder
+from backend.sfm.pairs import video_pairs, write_pairs
 from backend.sfm.frame import identity as frame_identity, world_frame
 from backend.errors import ErrorCode, ReconstructError
 from backend.options import SfmOptions
@@ -88,9 +90,10 @@ def extract_features(database: Path, image_dir: Path, names: list[str], opts: Sf
             "exif_focal": exif_focal, "num_cameras": len(cameras), "device": sift_device_name(opts)}
 
 
-def match(database: Path, kind: str, opts: SfmOptions) -> dict:
+def match(database: Path, kind: str, opts: SfmOptions, image_dir: Path | None = None) -> dict:
     """Match features between photo pairs chosen by `kind`, then verify them
-    geometrically. The database holds features only when this starts."""
+    geometrically. The database holds features only when this starts.
+    `image_dir`: the photos, which the video matcher's loop candidates look at."""
     matching = pycolmap.FeatureMatchingOptions()
     matching.num_threads = opts.num_threads
     matching.use_gpu = _device(opts) == pycolmap.Device.cuda
@@ -105,6 +108,15 @@ def match(database: Path, kind: str, opts: SfmOptions) -> dict:
         pycolmap.match_sequential(database, pairing_options=pairing, **common)
     elif kind == "spatial":
         pycolmap.match_spatial(database, **common)
+    elif kind == "video":
+        with pycolmap.Database.open(database) as db:
+            names = sorted(im.name for im in db.read_all_images())
+        with tempfile.TemporaryDirectory(prefix="reconstruct-pairs-") as scratch:
+            pairs_file = Path(scratch) / "pairs.txt"  # pycolmap reads the pairs from a file only
+            write_pairs(pairs_file, video_pairs(names, image_dir))
+            pairing = pycolmap.ImportedPairingOptions()
+            pairing.match_list_path = str(pairs_file)
+            pycolmap.match_image_pairs(database, pairing_options=pairing, **common)
     else:
         raise ValueError(f"unknown matcher {kind}")
     with pycolmap.Database.open(database) as db:
@@ -181,7 +193,7 @@ def matching_stage(ctx: "StageContext") -> dict:
     n = ctx.input["num_images"]
     ctx.poll_rows(ctx.out, "two_view_geometries", n * (n - 1) // 2 if matcher == "exhaustive" else n * 15,
                   "photo pairs")
-    result = match(ctx.out, matcher, ctx.options.sfm)
+    result = match(ctx.out, matcher, ctx.options.sfm, ctx.photos_folder)
     if result["verified_pairs"] == 0:
         raise ReconstructError(
             ErrorCode.COULD_NOT_RECONSTRUCT,

@@ -75,8 +75,9 @@ class SceneParams:
     """"object" (the textured object), "street" (a forward walk between facades) or "lowtex"
     (a smooth, sparsely marked object on a dark backdrop, one ring)."""
     layout: str = "rings"
-    """Object cameras: "rings" (two rings), "hemisphere" (a spiral up to nearly overhead) or "low"
-    (two rings at 8 and 16 degrees: the ground seen at grazing angles, as by a person crouching)."""
+    """Object cameras: "rings" (two rings), "hemisphere" (a spiral up to nearly overhead), "low"
+    (two rings at 8 and 16 degrees: the ground seen at grazing angles, as by a person crouching) or
+    "orbit" (one full turn at 30 degrees, evenly spaced: the frames of a video walked around it)."""
     portrait: bool = False
     """Photos displayed as portrait (``width`` < ``height``), stored as landscape pixels with EXIF
     Orientation 6 or 8 (alternating); the ground truth describes them as displayed. Needs jpeg."""
@@ -348,7 +349,7 @@ def _render_scene(out: Path, params: SceneParams) -> dict:
 def _check_params(params: SceneParams) -> None:
     if params.kind not in ("object", "street", "lowtex"):
         raise ValueError(f"unknown scene kind {params.kind!r}")
-    if params.layout not in ("rings", "hemisphere", "low") or (params.layout != "rings" and params.kind != "object"):
+    if params.layout not in ("rings", "hemisphere", "low", "orbit") or (params.layout != "rings" and params.kind != "object"):
         raise ValueError(f"layout {params.layout!r} is not available for kind {params.kind!r}")
     if params.image_format not in ("png", "jpeg"):
         raise ValueError(f"unknown image format {params.image_format!r}")
@@ -607,7 +608,7 @@ def _camera_poses(params: SceneParams) -> list[tuple[str, np.ndarray]]:
     (layout "hemisphere")."""
     if params.layout == "hemisphere":
         return _hemisphere_poses(params)
-    if params.kind == "lowtex":
+    if params.kind == "lowtex" or params.layout == "orbit":
         rings = [(30.0, params.views, 0.0)]
     elif params.layout == "low":
         low = math.ceil(params.views / 2)

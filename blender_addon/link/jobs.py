@@ -20,7 +20,7 @@ from pathlib import Path
 import bpy
 
 from ..ui import preferences
-from ..shared import protocol
+from ..shared import media, protocol
 from ..shared.layout import Layout
 from .client import BackendClient, BackendStartError
 from ..shared.protocol import ErrorCode
@@ -135,9 +135,13 @@ class Runner:
             raise UserError("A reconstruction is already running: cancel it or wait for it to finish.")
         photos = bpy.path.abspath(settings.photos_dir) if settings.photos_dir else ""
         if not photos:
-            raise UserError("Choose the folder of photos first.")
-        if not Path(photos).is_dir():
-            raise UserError(f"The photo folder {photos} does not exist.")
+            raise UserError("Choose the folder of photos (or a video) first.")
+        if Path(photos).is_file():
+            if not media.is_video(photos):
+                raise UserError(f"{Path(photos).name} is a file, not a folder of photos or a video: choose the "
+                                "folder that holds the photos, or a video file (.mp4, .mov, ...).")
+        elif not Path(photos).is_dir():
+            raise UserError(f"The photo folder or video {photos} does not exist.")
         photos_path = Path(photos).resolve()
         name = bpy.path.clean_name(settings.job_name) if settings.job_name else job_name_for(photos_path)
         root = preferences.workspace_root(context)
@@ -157,7 +161,8 @@ class Runner:
         self.importer = JobImport(self.scene_name, workspace, workspace.name, self.job_parts,
                                   point_size=settings.point_size)
         request = {"job": self.job_id, "photos": str(photos_path), "workspace": str(workspace),
-                   "options": {"quality": settings.quality, "sfm": {"device": prefs.device},
+                   "options": {"quality": settings.quality, "video": {"target_frames": settings.video_frames},
+                               "sfm": {"device": prefs.device},
                                "dense": dense, "splats": {"device": dense["device"]},
                                "texture": texture_options(settings)},
                    "stages": requested_stages(settings), "new": start_over}
@@ -352,6 +357,8 @@ class PhotoEstimates:
         """Per-stage estimates for the sidebar's settings, or None (no photos
         yet, or their sizes still being read)."""
         folder = bpy.path.abspath(settings.photos_dir) if settings.photos_dir else ""
+        if media.is_video(folder):
+            return None  # the frames are chosen by the backend's first stage
         sizes = self.sizes(folder, wait) if folder else None
         if not sizes:
             return None
@@ -393,6 +400,8 @@ def job_name_for(photos: Path) -> str:
     """A job's default name: its photo folder's, with the folders above it while those say
     nothing about the subject (…/sceaux_castle/images -> 'sceaux_castle_images')."""
     folder = Path(photos)
+    if media.is_video(folder) and not folder.is_dir():
+        return bpy.path.clean_name(folder.stem) or "reconstruction"
     names = [folder.name]
     while names[0].lower() in GENERIC_PHOTO_FOLDERS and folder.parent.name and len(names) < 3:
         folder = folder.parent

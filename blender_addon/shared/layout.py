@@ -35,6 +35,8 @@ class Layout:
     @property
     def summary_file(self) -> Path: return self.root / "summary.json"
     @property
+    def frames(self) -> Path: return self.output("frames")
+    @property
     def features_db(self) -> Path: return self.output("features")
     @property
     def database(self) -> Path: return self.output("matching")

@@ -174,6 +174,8 @@ class ErrorCode:
     FILE_ERROR = "file_error"
     """A file could not be read or written (no space, no permission, a loop): the message names it."""
     DUPLICATE_PHOTOS = "duplicate_photos"
+    BAD_VIDEO = "bad_video"
+    """A video that cannot be read, holds no frame that decodes, or is too short: the message says which."""
     COULD_NOT_RECONSTRUCT = "could_not_reconstruct"
     STAGE_FAILED = "stage_failed"
     BAD_OPTIONS = "bad_options"

@@ -43,6 +43,11 @@ class Stage:
 
 
 STAGES: tuple[Stage, ...] = (
+    # Runs only when the input is a video (the job adds it; no stage reads it
+    # by name): its output folder is what the later stages read as the photos.
+    Stage("frames", "Video Frames", None, "video", ("target_frames",), "frames", "folder",
+          "backend.video.frames:frames_stage", 0.03,
+          description="for a video: its sharp frames, spread over the walk, as JPEGs with their timestamps"),
     Stage("features", "Features", None, "sfm", ("max_image_size", "max_num_features", "camera_model"),
           "sparse/features.db", "file", "backend.sfm.colmap:features_stage", 0.08,
           description="SIFT features of every photo (COLMAP database)"),
@@ -54,7 +59,7 @@ STAGES: tuple[Stage, ...] = (
           "backend.sfm.colmap:undistort_stage", 0.04, part="cameras",
           description="pinhole photos and model, for the dense stages, the splats and Blender's cameras"),
     Stage("mvs", "Depth Maps", "undistort", "dense", ("max_image_size", "num_sources", "window_radius", "slanted", "roi"),
-          "dense/stereo", "partial", "backend.dense.mvs:mvs_stage", 0.30, description="a depth and normal map per photo"),
+          "dense/stereo", "partial", "backend.dense.mvs:mvs_stage", 0.27, description="a depth and normal map per photo"),
     Stage("fusion", "Dense Points", "mvs", "dense", ("min_consistent", "roi"), "dense/fused.ply", "file",
           "backend.dense.fusion:fusion_stage", 0.05, part="dense", toggle="dense",
           description="depth maps fused into a dense colored point cloud"),
@@ -114,6 +119,7 @@ def markdown_table() -> str:
     """The README's stage list (tests/test_stages.py checks the README holds it as written here)."""
     rows = ["| stage | reads | writes | options it depends on | what it makes |", "|---|---|---|---|---|"]
     for s in STAGES:
-        rows.append(f"| `{s.name}` ({s.label}) | {s.reads or 'the photos'} | `{s.output}` | "
+        source = s.reads or ("the video" if s.group == "video" else "the photos (or the video's frames)")
+        rows.append(f"| `{s.name}` ({s.label}) | {source} | `{s.output}` | "
                     f"{', '.join(f'{s.group}.{o}' for o in s.options)} | {s.description} |")
     return "\n".join(rows)

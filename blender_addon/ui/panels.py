@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import bpy
 
-from ..shared import stages
+from ..shared import media, stages
 from ..shared.estimate import format_seconds
 from ..shared.presets import describe_cpu
 from ..link.jobs import estimates, runner, stage_devices_known
@@ -48,6 +48,8 @@ class VIEW3D_PT_reconstruct(bpy.types.Panel):
         col = layout.column()
         col.enabled = not runner.running
         col.prop(s, "photos_dir")
+        if media.is_video(bpy.path.abspath(s.photos_dir)):
+            col.prop(s, "video_frames")
         col.prop(s, "job_name")
         col.prop(s, "start_over")
         col.prop(s, "quality")
@@ -85,6 +87,9 @@ class VIEW3D_PT_reconstruct(bpy.types.Panel):
         if not s.photos_dir:
             return
         box = layout.box()
+        if media.is_video(bpy.path.abspath(s.photos_dir)):
+            box.label(text="Estimate: once the video's frames are chosen", icon="TIME")
+            return
         per_stage = estimates.for_settings(s)
         if per_stage is None:
             box.label(text="Estimate: reading the photos..." if estimates.reading else "Estimate: no photos found",

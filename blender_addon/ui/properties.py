@@ -41,8 +41,13 @@ def _score_selected(settings, context):
 
 
 class ReconstructSettings(bpy.types.PropertyGroup):
-    photos_dir: StringProperty(name="Photos", subtype="DIR_PATH",
-                               description="Folder of photos of one subject (read only, never modified)")
+    photos_dir: StringProperty(name="Photos or Video", subtype="FILE_PATH",
+                               description="Folder of photos of one subject, or a video walked around it "
+                                           "(.mp4, .mov, ...: its sharp frames are chosen); read only, never "
+                                           "modified")
+    video_frames: IntProperty(name="Frames", default=0, min=0, max=5000,
+                              description="For a video: how many sharp frames to keep, spread by how much the "
+                                          "view changes (0: automatic, 4 per second of video, 100 to 300)")
     job_name: StringProperty(name="Job Name", description="Name of the collection and workspace folder "
                              "(default: the photo folder's name, with its parent's for folders named "
                              "images, photos, ...). A workspace made for other photos is never reused: "
