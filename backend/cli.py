@@ -129,7 +129,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     # An empty one is refused here too.
     workspace = os.path.abspath(os.path.expanduser(args.workspace)) if args.workspace.strip() else ""
     result = run_job(args.photos, workspace, options_from_args(args), events, stages=tuple(args.stages),
-                     start_over=args.new)
+                     start_over=args.new, masks=args.masks)
     s = result.summary
     if s.get("video"):
         v = s["video"]
@@ -226,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="reconstruct a folder of photos, or a video, into a workspace")
     run.add_argument("photos", help="folder of photos, or a video file (.mp4, .mov, ...): read only, never modified")
     run.add_argument("--workspace", required=True, help="folder for the results (created if needed)")
+    run.add_argument("--masks", help="folder of masks, one PNG per photo named photo.jpg.png, black where the "
+                     "photo is to be ignored (features, depth maps and dense points skip it)")
     _add_run_options(run)
     run.set_defaults(func=cmd_run)
     serve = sub.add_parser("serve", help="serve the Blender add-on over stdin/stdout")

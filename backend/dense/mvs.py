@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
+from blender_addon.shared.layout import UNDISTORTED_MASKS
 from backend.dense.roi import Box, automatic_region
 from backend.dense.scene import Scene, View, load_grey, load_scene, map_paths, write_colmap_array
 from backend.job.device import choose_device, memory_peak
@@ -493,6 +494,19 @@ def resolve_roi(scene: Scene, roi: dict | None) -> tuple[Box, dict]:
     return automatic_region(scene.points, centres, axes)
 
 
+def masked(scene: Scene, view: View, depth: np.ndarray) -> np.ndarray:
+    """No depth where the user's mask is black (undistorted/masks, when the job has masks),
+    so fusion takes no point from those pixels."""
+    from PIL import Image
+
+    path = scene.folder / UNDISTORTED_MASKS / f"{view.name}.png"
+    if not path.exists():
+        return depth
+    with Image.open(path) as im:
+        keep = np.asarray(im.convert("L").resize((view.width, view.height), Image.NEAREST)) >= 128
+    return np.where(keep, depth, 0).astype(depth.dtype)
+
+
 def run_mvs(undistorted: Path, stereo: Path, opts: DenseOptions, progress: Progress, warn=None) -> dict:
     """Depth and normal maps for every view into `stereo` (COLMAP layout),
     skipping the views whose maps are already there."""
@@ -535,6 +549,7 @@ def run_mvs(undistorted: Path, stereo: Path, opts: DenseOptions, progress: Progr
                     grey[j] = load_grey(scene, scene.views[j])
             depth = estimate_depth(grey[i], [grey[j] for j in sources], view,
                                    [scene.views[j] for j in sources], *rng, opts, device, families)
+        depth = masked(scene, view, depth)
         for j in list(grey):  # keep memory bounded: only images near the current one
             if abs(j - i) > opts.num_sources * 2:
                 del grey[j]

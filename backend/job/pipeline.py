@@ -28,6 +28,7 @@ from backend.errors import Cancelled, ErrorCode, ReconstructError, file_error
 from backend.options import JobOptions, SfmOptions
 from backend.job.photos import (IMAGE_EXTENSIONS, PhotoSet, looks_like_video_frames, one_camera, resolve_photo_folder,
                                 scan_photos)
+from backend.job.masks import check_masks
 from backend.job.upright import stage_photo_folder
 from backend.job.stage_context import StageContext
 from backend.job.worker_client import Worker
@@ -127,8 +128,9 @@ def choose_camera_mode(photos: PhotoSet, sfm: SfmOptions) -> tuple[str, str]:
 
 def run_job(photos_dir: str | Path, workspace_dir: str | Path, options: JobOptions, events: Events,
             cancel: threading.Event | None = None, stages: tuple[str, ...] = declared.NAMES,
-            start_over: bool = False) -> JobResult:
+            start_over: bool = False, masks: str | Path | None = None) -> JobResult:
     """Run (or reuse) the stages named in `stages` and every stage they read from.
+    `masks`: a folder of masks for the photos (backend/job/masks.py).
     `photos_dir` is a folder of photos or a video file (then the frames stage
     runs first and its frames are the photos).
     `start_over`: the workspace was made for other photos; remove our outputs there first."""
@@ -149,7 +151,8 @@ def run_job(photos_dir: str | Path, workspace_dir: str | Path, options: JobOptio
     worker = Worker(ws.log_file)
     worker.prestart()
     try:
-        return _run(source, video, ws, options, _MonotonicProgress(events), cancel, stages, worker, start_over)
+        return _run(source, video, ws, options, _MonotonicProgress(events), cancel, stages, worker, start_over,
+                    masks)
     finally:
         worker.close()
         ws.close()
@@ -254,8 +257,13 @@ class _Runner:
 
 
 def _run(source: Path, video: Path | None, ws: Workspace, options: JobOptions, events: _MonotonicProgress,
-         cancel: threading.Event, stages: tuple[str, ...], worker: Worker, start_over: bool) -> JobResult:
+         cancel: threading.Event, stages: tuple[str, ...], worker: Worker, start_over: bool,
+         masks: str | Path | None = None) -> JobResult:
     job = ws.load_job()
+    if masks and video is not None:
+        raise ReconstructError(ErrorCode.BAD_MASKS, "Masks for a video's frames are not supported yet; nothing "
+                               "was changed.", "Run the video without masks, or export its frames as photos "
+                               "and give a mask per photo (photo.jpg -> photo.jpg.png).")
     cache = job.get("photo_cache") if job.get("photos") == str(source) else None
     if video is not None:
         try:
@@ -306,6 +314,12 @@ def _run(source: Path, video: Path | None, ws: Workspace, options: JobOptions, e
     decided = {"features": {"first_octave": first_octave, "camera_mode": camera_mode[0]},
                "matching": {"matcher": matcher}}
     runner.identity[None] = stable_hash(photos.fingerprint())
+    if masks:
+        # Every stage depends on the masks' files; a job without masks keeps the hashes it had.
+        mask_identity = check_masks(masks, photos)
+        runner.identity[None] = stable_hash(photos.fingerprint(), mask_identity)
+        decided["features"]["masks"] = decided.setdefault("undistort", {})["masks"] = mask_identity[0]
+        events.log(f"masks: {len(photos.photos)} from {mask_identity[0]}")
     staged = []
 
     def stage_photos():  # the first stage that runs: photos stored on their side turned upright

@@ -130,7 +130,7 @@ class Server:
         events = _ProtocolEvents(self, job, checked["workspace"])
         try:
             result = run_job(checked["photos"], checked["workspace"], checked["options"], events, cancel,
-                             checked["stages"], start_over=checked["new"])
+                             checked["stages"], start_over=checked["new"], masks=checked["masks"])
             final = (protocol.RESULT, dict(workspace=str(result.workspace), artifacts=result.artifacts,
                                            summary=result.summary, ran=result.ran))
         except Cancelled:
@@ -314,8 +314,11 @@ def _check_run(msg: dict) -> dict:
         traceback.print_exc()
         raise ReconstructError(ErrorCode.BAD_OPTIONS, f"The options could not be read: {type(exc).__name__}: {exc}.",
                                "Check each option's type against the README.") from None
+    masks = msg.get("masks") or None
+    if masks is not None:
+        masks = _folder(msg, "masks", "run")
     return {"photos": photos, "workspace": workspace, "options": job_options, "stages": stages,
-            "new": start_over}
+            "new": start_over, "masks": masks}
 
 
 def _number(value) -> bool:

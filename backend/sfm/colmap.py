@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable
 
 import pycolmap
 
-from blender_addon.shared.layout import COLMAP_FRAME_MODEL, FRAME_FILE, REGION_JSON, UNDISTORTED_MODEL
+from blender_addon.shared.layout import COLMAP_FRAME_MODEL, FRAME_FILE, REGION_JSON, UNDISTORTED_MASKS, UNDISTORTED_MODEL
 from backend.sfm import ladder
 from backend.sfm.pairs import video_pairs, write_pairs
 from backend.sfm.frame import identity as frame_identity, world_frame
@@ -60,9 +60,11 @@ def seal_database(database: Path) -> None:
 
 
 def extract_features(database: Path, image_dir: Path, names: list[str], opts: SfmOptions,
-                     first_octave: int = -1, camera_mode: str = "AUTO") -> dict:
+                     first_octave: int = -1, camera_mode: str = "AUTO", mask_path: str | None = None) -> dict:
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = opts.camera_model
+    if mask_path:  # no features where the user's masks are black (backend/job/masks.py)
+        reader.mask_path = str(mask_path)
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.max_image_size = opts.max_image_size
     extraction.num_threads = opts.num_threads
@@ -154,7 +156,7 @@ def write_region(undistorted: Path) -> dict:
     return region
 
 
-def undistort(model_dir: Path, image_dir: Path, out_dir: Path, opts: SfmOptions) -> dict:
+def undistort(model_dir: Path, image_dir: Path, out_dir: Path, opts: SfmOptions, masks: str | None = None) -> dict:
     """Pinhole images + model (COLMAP layout: images/, sparse/, stereo/) for
     dense stereo and splats, which need pinhole cameras."""
     options = pycolmap.UndistortCameraOptions()
@@ -163,8 +165,13 @@ def undistort(model_dir: Path, image_dir: Path, out_dir: Path, opts: SfmOptions)
     pycolmap.undistort_images(out_dir, model_dir, image_dir, output_type="COLMAP",
                               undistort_options=options, num_threads=opts.num_threads)
     rec = pycolmap.Reconstruction(out_dir / UNDISTORTED_MODEL)
+    masked = 0
+    if masks:
+        from backend.job.masks import undistort_masks
+
+        masked = undistort_masks(Path(masks), model_dir, out_dir / UNDISTORTED_MODEL, out_dir / UNDISTORTED_MASKS)
     region = write_region(out_dir)
-    return {"num_images": rec.num_reg_images(), "region": region,
+    return {"num_images": rec.num_reg_images(), "region": region, "masks": masked,
             "max_size": max(max(c.width, c.height) for c in rec.cameras.values())}
 
 
@@ -173,7 +180,7 @@ def undistort(model_dir: Path, image_dir: Path, out_dir: Path, opts: SfmOptions)
 def features_stage(ctx: "StageContext") -> dict:
     ctx.poll_rows(ctx.out, "keypoints", len(ctx.photo_names), "photos")
     result = extract_features(ctx.out, ctx.photos_folder, ctx.photo_names, ctx.options.sfm,
-                              ctx.decided["first_octave"], ctx.decided["camera_mode"])
+                              ctx.decided["first_octave"], ctx.decided["camera_mode"], ctx.decided.get("masks"))
     for name in result["failed"]:
         ctx.warn("feature_extraction_failed", f"No features could be extracted from {name}; it is left out.",
                  {"name": name})
@@ -252,4 +259,4 @@ def _made(path: Path) -> Path:
 
 
 def undistort_stage(ctx: "StageContext") -> dict:
-    return undistort(ctx.path("mapping"), ctx.photos_folder, ctx.out, ctx.options.sfm)
+    return undistort(ctx.path("mapping"), ctx.photos_folder, ctx.out, ctx.options.sfm, ctx.decided.get("masks"))

@@ -165,7 +165,9 @@ class Runner:
                                "sfm": {"device": prefs.device},
                                "dense": dense, "splats": {"device": dense["device"]},
                                "texture": texture_options(settings)},
-                   "stages": requested_stages(settings), "new": start_over}
+                   "stages": requested_stages(settings), "new": start_over,
+                   "masks": bpy.path.abspath(settings.masks_dir) if settings.masks_dir and not media.is_video(photos)
+                   else None}
         if client.handshake is not None:
             client.send(protocol.RUN, **request)
         else:

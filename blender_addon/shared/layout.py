@@ -12,6 +12,8 @@ MODEL_FILES = ("cameras.bin", "images.bin", "points3D.bin")
 """A COLMAP binary model: the files a model folder must hold."""
 # Inside a stage's output folder (COLMAP's undistorted layout; ours for the mesh and splats).
 UNDISTORTED_MODEL, UNDISTORTED_IMAGES = "sparse", "images"
+UNDISTORTED_MASKS = "masks"
+"""The user's masks in the undistorted images' geometry (`<photo>.png`, black = ignore), when the job has masks."""
 REGION_JSON = "region.json"  # in undistorted/: the region dense stereo takes when the user gives none
 MESH_PLY, MESH_GLB = "mesh.ply", "mesh.glb"
 SPLATS_PLY, SPLATS_INFO = "splats.ply", "splats.json"

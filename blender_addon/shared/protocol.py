@@ -175,6 +175,8 @@ class ErrorCode:
     """A file could not be read or written (no space, no permission, a loop): the message names it."""
     DUPLICATE_PHOTOS = "duplicate_photos"
     BAD_VIDEO = "bad_video"
+    BAD_MASKS = "bad_masks"
+    """A mask folder that does not fit the photos (missing masks, wrong sizes, unreadable files): the message names them."""
     """A video that cannot be read, holds no frame that decodes, or is too short: the message says which."""
     COULD_NOT_RECONSTRUCT = "could_not_reconstruct"
     STAGE_FAILED = "stage_failed"

@@ -50,6 +50,8 @@ class VIEW3D_PT_reconstruct(bpy.types.Panel):
         col.prop(s, "photos_dir")
         if media.is_video(bpy.path.abspath(s.photos_dir)):
             col.prop(s, "video_frames")
+        else:
+            col.prop(s, "masks_dir")
         col.prop(s, "job_name")
         col.prop(s, "start_over")
         col.prop(s, "quality")

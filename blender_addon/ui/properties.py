@@ -48,6 +48,10 @@ class ReconstructSettings(bpy.types.PropertyGroup):
     video_frames: IntProperty(name="Frames", default=0, min=0, max=5000,
                               description="For a video: how many sharp frames to keep, spread by how much the "
                                           "view changes (0: automatic, 4 per second of video, 100 to 300)")
+    masks_dir: StringProperty(name="Masks", subtype="DIR_PATH",
+                              description="Optional folder of masks: one PNG per photo named after it with .png "
+                                          "added (photo.jpg.png), black where the photo is to be ignored "
+                                          "(a turntable, a shadow, a passer-by)")
     job_name: StringProperty(name="Job Name", description="Name of the collection and workspace folder "
                              "(default: the photo folder's name, with its parent's for folders named "
                              "images, photos, ...). A workspace made for other photos is never reused: "
