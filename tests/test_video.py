@@ -221,3 +221,9 @@ def test_choosing_frames_shows_progress_and_cancels_and_a_rerun_finishes(tmp_pat
     kept = len(list((ws / "frames").glob("*.jpg")))
     assert kept >= 12
     assert "120 frames read" in messages and f"{kept} of {kept} frames kept" in messages, messages
+
+
+def test_a_video_that_is_not_there_is_named(tmp_path):
+    proc = run_backend("run", tmp_path / "gone" / "walk.mp4", "--workspace", tmp_path / "ws")
+    assert proc.returncode == 2 and "The video" in proc.stderr and "walk.mp4 does not exist" in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -499,7 +499,9 @@ def masked(scene: Scene, view: View, depth: np.ndarray) -> np.ndarray:
     so fusion takes no point from those pixels."""
     from PIL import Image
 
-    path = scene.folder / UNDISTORTED_MASKS / f"{view.name}.png"
+    from backend.job.masks import mask_name
+
+    path = scene.folder / UNDISTORTED_MASKS / mask_name(view.name)
     if not path.exists():
         return depth
     with Image.open(path) as im:

@@ -29,6 +29,7 @@ from backend.options import JobOptions, SfmOptions
 from backend.job.photos import (IMAGE_EXTENSIONS, PhotoSet, looks_like_video_frames, one_camera, resolve_photo_folder,
                                 scan_photos)
 from backend.job.masks import check_masks
+from blender_addon.shared.media import is_video
 from backend.job.upright import stage_photo_folder
 from backend.job.stage_context import StageContext
 from backend.job.worker_client import Worker
@@ -138,6 +139,9 @@ def run_job(photos_dir: str | Path, workspace_dir: str | Path, options: JobOptio
     ws = Workspace(resolve_photo_folder(_absolute_folder(workspace_dir, "workspace"), "workspace"))
     source = resolve_photo_folder(_absolute_folder(photos_dir, "photo folder", must_be_absolute=False))
     video = source if source.is_file() and source.suffix.lower() not in IMAGE_EXTENSIONS else None
+    if video is None and is_video(source) and not source.exists():
+        raise ReconstructError(ErrorCode.PHOTOS_NOT_FOUND, f"The video {source} does not exist.",
+                               "Choose the video file again (it may have been moved or renamed).")
     if ws.root == source:
         raise ReconstructError(ErrorCode.WORKSPACE_UNWRITABLE,
                                "The workspace must not be the photo folder itself.",

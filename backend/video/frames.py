@@ -242,12 +242,3 @@ def frames_stage(ctx: "StageContext") -> dict:
     (ctx.out / FRAMES_JSON).write_text(json.dumps(record, indent=1))
     return {k: v for k, v in record.items() if k != "frames"} | {
         "kept": len(written), "first_time": written[0]["time"], "last_time": written[-1]["time"]}
-
-
-def frame_times(frames_dir: Path) -> dict[str, float]:
-    """Each kept frame's timestamp (s), by file name."""
-    try:
-        record = json.loads((frames_dir / FRAMES_JSON).read_text())
-    except (OSError, ValueError):
-        return {}
-    return {f["name"]: float(f["time"]) for f in record.get("frames", [])}
