@@ -157,7 +157,7 @@ def test_a_backend_of_another_protocol_version_says_what_to_do(jobs, monkeypatch
 
 @pytest.mark.every_blender
 def test_reconstruct_without_a_photo_folder_is_refused_with_a_reason(jobs):
-    with pytest.raises(RuntimeError, match="Choose the folder of photos first"):
+    with pytest.raises(RuntimeError, match=r"Choose the folder of photos \(or a video\) first"):
         bpy.ops.reconstruct.run()
 
 
